@@ -1,0 +1,111 @@
+"""Turn whatever a user hands us (path, bytes, PIL image, numpy array) into RGB uint8 pixels the way they see them.
+
+EXIF orientation is applied (a phone photo taken in portrait is detected upright); grayscale, bilevel, palette,
+CMYK and other modes are converted to RGB; transparency is composited onto white (what a viewer shows, instead of
+whatever colour hides under alpha 0); 16-bit images keep their full range scaled to 8 bits (Pillow's own conversion
+would clip them at 255); animated images give their first frame. Needs only numpy and Pillow.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from detector.errors import ImageError
+
+ImageInput = Union[str, Path, bytes, bytearray, memoryview, Image.Image, np.ndarray]
+
+_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def open_image(source: str | Path | bytes | bytearray | memoryview) -> Image.Image:
+    """Open (lazily: only the header is read) an encoded image from a path or bytes."""
+    try:
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            if len(source) == 0:
+                raise ImageError("empty image data")
+            return Image.open(io.BytesIO(bytes(source)))
+        path = Path(source)
+        if not path.exists():
+            raise ImageError(f"no such file: {path}")
+        if not path.is_file():
+            raise ImageError(f"not a file: {path}")
+        return Image.open(path)
+    except UnidentifiedImageError:
+        raise ImageError("not an image, or an image format Pillow cannot read") from None
+    except (OSError, ValueError) as exc:
+        raise ImageError(f"cannot read image: {exc}") from None
+
+
+def to_rgb_array(image: Image.Image) -> np.ndarray:
+    """Decode ``image`` (first frame, EXIF orientation applied) into an (H, W, 3) uint8 RGB array."""
+    try:
+        image.seek(0)
+        image = ImageOps.exif_transpose(image)
+        return _convert_mode(image)
+    except ImageError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"image too large: {exc}") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        # Pillow reports truncated and corrupt data as OSError/ValueError/SyntaxError from the decoder.
+        raise ImageError(f"corrupt or truncated image: {exc}") from None
+
+
+def _convert_mode(image: Image.Image) -> np.ndarray:
+    mode = image.mode
+    if mode in _SIXTEEN_BIT_MODES:
+        # 16-bit grayscale (Pillow decodes 16-bit PNGs as "I;16" or "I"): full range 0..65535 onto 0..255.
+        array = np.asarray(image, dtype=np.float64)
+        gray = np.clip(np.rint(array * (255.0 / 65535.0)), 0, 255).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if mode == "F":
+        gray = np.clip(np.rint(np.asarray(image, dtype=np.float64)), 0, 255).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    return np.asarray(image, dtype=np.uint8).copy()
+
+
+def array_to_rgb(array: np.ndarray) -> np.ndarray:
+    """Normalise a pixel array: (H, W) gray, (H, W, 1|3|4) channels; uint8, uint16 or float in [0, 1]."""
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
+        raise ImageError(f"image array must be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), got {array.shape}")
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise ImageError(f"image array is empty: {array.shape}")
+    if array.dtype == np.uint16:
+        array = np.rint(array.astype(np.float64) * (255.0 / 65535.0)).astype(np.uint8)
+    elif np.issubdtype(array.dtype, np.floating):
+        array = np.clip(np.rint(array.astype(np.float64) * 255.0), 0, 255).astype(np.uint8)
+    elif array.dtype != np.uint8:
+        raise ImageError(f"unsupported image array dtype {array.dtype}")
+    if array.shape[2] == 1:
+        array = np.repeat(array, 3, axis=2)
+    elif array.shape[2] == 4:
+        alpha = array[:, :, 3:].astype(np.float32) / 255.0
+        array = np.rint(array[:, :, :3] * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)
+    return np.ascontiguousarray(array)
+
+
+def load_image(source: ImageInput) -> np.ndarray:
+    """RGB uint8 (H, W, 3) pixels of a path, encoded bytes, PIL image or numpy array."""
+    if isinstance(source, np.ndarray):
+        return array_to_rgb(source)
+    if isinstance(source, Image.Image):
+        return to_rgb_array(source)
+    if isinstance(source, (str, Path, bytes, bytearray, memoryview)):
+        with open_image(source) as image:
+            return to_rgb_array(image)
+    raise ImageError(f"cannot read an image from a {type(source).__name__}")

@@ -1,0 +1,32 @@
+"""Label maps: class index → name, index 0 being the background."""
+
+from __future__ import annotations
+
+from torchvision.models._meta import _COCO_CATEGORIES
+
+BACKGROUND = "background"
+
+# COCO 2017's 80 categories at their official ids 1..90; the ten unused ids are "N/A" (as in torchvision).
+COCO_LABELS: tuple[str, ...] = (BACKGROUND, *_COCO_CATEGORIES[1:])
+PERSON_LABELS: tuple[str, ...] = (BACKGROUND, "person")
+
+
+def default_labels(num_classes: int) -> tuple[str, ...]:
+    """The label map a graph with ``num_classes`` outputs (background included) most likely uses.
+
+    91 outputs are COCO (class index = COCO category id), 2 are background + person (the person model keeps COCO's
+    id 1 for person); anything else gets ``class_1 … class_{n-1}``.
+    """
+    if num_classes == len(COCO_LABELS):
+        return COCO_LABELS
+    if num_classes == len(PERSON_LABELS):
+        return PERSON_LABELS
+    return (BACKGROUND, *(f"class_{i}" for i in range(1, num_classes)))
+
+
+def read_label_file(text: str, num_classes: int) -> tuple[str, ...]:
+    """Labels from a text file with one name per line, background excluded, in class-index order."""
+    names = [line.strip() for line in text.splitlines() if line.strip()]
+    if len(names) != num_classes - 1:
+        raise ValueError(f"label file has {len(names)} names but the model has {num_classes - 1} classes")
+    return (BACKGROUND, *names)
