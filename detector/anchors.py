@@ -8,6 +8,7 @@ box sizes (TF does not) and works in pixels. Sources: tensorflow/models research
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import numpy as np
@@ -34,7 +35,7 @@ def ssd_box_specs(
     """
     scales = [min_scale + (max_scale - min_scale) * i / (num_layers - 1) for i in range(num_layers)] + [1.0]
     specs = []
-    for layer, (scale, scale_next) in enumerate(zip(scales[:-1], scales[1:])):
+    for layer, (scale, scale_next) in enumerate(itertools.pairwise(scales)):
         if layer == 0 and reduce_boxes_in_lowest_layer:
             specs.append([(0.1, 1.0), (scale, 2.0), (scale, 0.5)])
             continue
@@ -63,7 +64,7 @@ def ssd_anchors(feature_map_sizes: Sequence[tuple[int, int]], specs: Sequence[Se
     one = torch.tensor(1.0, dtype=torch.float32)
     half = torch.tensor(0.5, dtype=torch.float32)
     layers = []
-    for (grid_h, grid_w), layer_specs in zip(feature_map_sizes, specs):
+    for (grid_h, grid_w), layer_specs in zip(feature_map_sizes, specs, strict=True):
         scales = torch.tensor([s for s, _ in layer_specs], dtype=torch.float32)
         ratio_sqrts = torch.sqrt(torch.tensor([r for _, r in layer_specs], dtype=torch.float32))
         heights = scales / ratio_sqrts

@@ -55,7 +55,7 @@ class MobileNetV2Features(nn.Module):
         last_channels = self.features[-1].out_channels
         depths = [max(min_depth, int(d * width_mult)) for d in extra_depths]
         self.extras = nn.ModuleList(
-            _extra_block(cin, cout, norm_layer) for cin, cout in zip([last_channels, *depths[:-1]], depths)
+            _extra_block(cin, cout, norm_layer) for cin, cout in zip([last_channels, *depths[:-1]], depths, strict=True)
         )
         self.out_channels = [c4_block.conv[0].out_channels, last_channels, *depths]
         convert_strided_convs_to_same(self)

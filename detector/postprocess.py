@@ -56,25 +56,29 @@ def postprocess(
         score_threshold: keep class scores strictly above this.
         clip_boxes: "before_nms" or "after_nms", as the graph the weights came from did.
     """
-    boxes = decode_boxes(box_codes, anchors)
-    scores = torch.sigmoid(class_logits)[..., 1:]
-    num_foreground = scores.shape[-1]
+    # Candidates of the whole batch at once: every (image, anchor, class) above the threshold, in that order.
+    scores = torch.sigmoid(class_logits[..., 1:])
+    image_index, anchor_index, class_index = torch.nonzero(scores > score_threshold, as_tuple=True)
+    cand_scores = scores[image_index, anchor_index, class_index]
+    # Only candidates are decoded: at a display threshold that is a handful of the N · A boxes.
+    cand_boxes = decode_boxes(box_codes[image_index, anchor_index], anchors[anchor_index])
+    cand_labels = class_index + 1
+    if clip_boxes == "before_nms":
+        cand_boxes, cand_scores, cand_labels, image_index = _clip_and_prune(
+            cand_boxes, cand_scores, cand_labels, image_index
+        )
+    counts = torch.bincount(image_index, minlength=box_codes.shape[0]).tolist()
     results = []
-    for image_boxes, image_scores in zip(boxes, scores):
-        # Candidates: every (anchor, class) pair above the threshold, as flat index = anchor · K' + class.
-        flat_scores = image_scores.reshape(-1)
-        candidates = torch.nonzero(flat_scores > score_threshold).squeeze(1)
-        cand_scores = flat_scores[candidates]
-        cand_boxes = image_boxes[candidates // num_foreground]
-        cand_labels = candidates % num_foreground + 1
-        if clip_boxes == "before_nms":
-            cand_boxes, cand_scores, cand_labels = _clip_and_prune(cand_boxes, cand_scores, cand_labels)
-        keep = batched_nms(cand_boxes, cand_scores, cand_labels, iou_threshold)
-        # TF keeps max_detections per class, then max_detections in all; the second cap implies the first.
+    # One NMS per image (not one for the batch): an image's detections must not depend on its batch mates, and
+    # torchvision's batched_nms offsets boxes by their group index, which would cost precision across images.
+    for image_boxes, image_scores, image_labels in zip(
+        cand_boxes.split(counts), cand_scores.split(counts), cand_labels.split(counts), strict=True
+    ):
+        keep = batched_nms(image_boxes, image_scores, image_labels, iou_threshold)
+        kept = (image_boxes[keep], image_scores[keep], image_labels[keep])
         if clip_boxes == "after_nms":
-            kept = _clip_and_prune(cand_boxes[keep], cand_scores[keep], cand_labels[keep])
-        else:
-            kept = (cand_boxes[keep], cand_scores[keep], cand_labels[keep])
+            kept = _clip_and_prune(*kept)
+        # TF keeps max_detections per class, then max_detections in all; the second cap implies the first.
         kept = tuple(t[:max_detections] for t in kept)
         results.append(RawDetections(boxes=kept[0], scores=kept[1], labels=kept[2]))
     return results

@@ -134,7 +134,9 @@ def _graph_settings(graph: graph_pb2.GraphDef, consts: dict) -> dict:
     if len(resize) != 1:
         raise GraphImportError("the graph has no Preprocessor ResizeBilinear: not a fixed_shape_resizer export")
     if resize[0].attr["align_corners"].b or resize[0].attr["half_pixel_centers"].b:
-        raise GraphImportError("the graph's resize uses align_corners or half_pixel_centers; only TF1's legacy one is supported")
+        raise GraphImportError(
+            "the graph's resize uses align_corners or half_pixel_centers; only TF1's legacy one is supported"
+        )
     size = _value(consts, resize[0].input[1]).tolist()
     if len(size) != 2 or size[0] != size[1]:
         raise GraphImportError(f"the graph resizes to {size}; only square inputs are supported")
@@ -222,9 +224,12 @@ def import_tf_graph(
         if name.startswith((f"{EXTRACTOR}/", "BoxPredictor_"))
         and name not in mapped
         and tensor_util.make_ndarray(node.attr["value"].tensor).ndim > 0
-        and name.rsplit("/", 1)[-1] in ("weights", "depthwise_weights", "biases", "gamma", "beta", "moving_mean", "moving_variance")
+        and name.rsplit("/", 1)[-1]
+        in ("weights", "depthwise_weights", "biases", "gamma", "beta", "moving_mean", "moving_variance")
     )
     if leftover:
-        raise GraphImportError(f"{path}: variable {leftover[0]} is not part of ssdlite_mobilenet_v2 ({len(leftover)} unmapped)")
+        raise GraphImportError(
+            f"{path}: variable {leftover[0]} is not part of ssdlite_mobilenet_v2 ({len(leftover)} unmapped)"
+        )
     model.load_state_dict(loaded, strict=False)
     return model.eval(), spec

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,7 +104,7 @@ def save_weights(path: str | Path, model: SSDLite, spec: ModelSpec) -> str:
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # unique: replicas may convert at once
     save_file(tensors, str(tmp), metadata={METADATA_KEY: spec.to_json()})
     tmp.replace(path)  # atomic: a crash never leaves a half-written weights file behind
     return file_digest(path)

@@ -56,6 +56,18 @@ def all_photos() -> list[Path]:
     return [photo(name) for name in PHOTOS]
 
 
+
+
+def people_mosaic():
+    """Three photographs with a person each, side by side (512×1536 RGB): several detections in one image."""
+    import numpy as np
+
+    from detector.images import load_image
+
+    tiles = [load_image(photo(name))[:512, :512] for name in ("astronaut.png", "camera.png", "grace_hopper.jpg")]
+    return np.concatenate(tiles, axis=1)
+
+
 if __name__ == "__main__":
-    for p in all_photos():
-        print(p)
+    for path in all_photos():
+        print(path)

