@@ -106,6 +106,7 @@ def save_weights(path: str | Path, model: SSDLite, spec: ModelSpec) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # unique: replicas may convert at once
     save_file(tensors, str(tmp), metadata={METADATA_KEY: spec.to_json()})
+    os.chmod(tmp, 0o644)  # safetensors writes 0600; weights are meant to be shared (e.g. with a service's user)
     tmp.replace(path)  # atomic: a crash never leaves a half-written weights file behind
     return file_digest(path)
 
