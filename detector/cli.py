@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from detector import defaults
+from detector import cli_training, defaults
 from detector.errors import DetectorError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -62,6 +62,18 @@ def _add_detect(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=_positive_int, default=8, help="images per forward pass (default: 8)")
     parser.add_argument("--json", type=Path, dest="json_out", metavar="OUT", help="also write the JSON to this file")
     parser.add_argument("--draw", type=Path, metavar="DIR", help="write each image with its detections drawn here")
+    _add_backend_option(parser)
+
+
+def _add_backend_option(parser: argparse.ArgumentParser) -> None:
+    from detector.backends import BACKEND_NAMES
+
+    parser.add_argument(
+        "--backend",
+        choices=("auto", *BACKEND_NAMES),
+        default="torch",
+        help="engine running the network; auto: the fastest that meets the accuracy bar here (default: %(default)s)",
+    )
 
 
 def _drawing_path(directory: Path, image: str, used: set[Path]) -> Path:
@@ -82,7 +94,7 @@ def _run_detect(args: argparse.Namespace) -> int:
     from detector.images import load_image
     from detector.inference import Detector
 
-    detector = Detector.from_weights(args.weights)
+    detector = Detector.from_weights(args.weights, backend=args.backend)
     if args.draw:
         args.draw.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict] = {}
@@ -235,10 +247,68 @@ def _run_convert_tf(args: argparse.Namespace) -> int:
 
 # --- main ---------------------------------------------------------------------------------------------------------
 
+# --- export / backends --------------------------------------------------------------------------------------------
+
+
+def _add_export(subparsers: argparse._SubParsersAction) -> None:
+    from detector.export import FORMATS
+
+    parser = subparsers.add_parser(
+        "export",
+        help="export the network to ONNX or OpenVINO IR, checked against eager PyTorch",
+        description="Write the network (preprocessed batch in, raw box codes and class logits out, dynamic batch) "
+        "and check the written file against eager PyTorch (max abs diff <= 1e-3).",
+    )
+    parser.add_argument("out", type=Path, metavar="OUT", help="file to write (.onnx, or .xml + .bin for openvino)")
+    parser.add_argument("--format", choices=FORMATS, required=True)
+    parser.add_argument("--weights", type=Path, help="weights file (default: the built-in person model)")
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from detector.export import export
+    from detector.inference import Detector
+
+    report = export(Detector.from_weights(args.weights).model, args.out, format=args.format)
+    print(f"wrote {report.path} ({report.format}); max abs diff to eager PyTorch {report.max_abs_diff:.1e}")
+    return EXIT_OK
+
+
+def _add_backends(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "backends",
+        help="measure every backend here (accuracy, speed) and remember the one auto picks",
+        description="Check each backend against eager PyTorch and time it at batch 8; reduced-precision backends "
+        "are judged on the photographs given. The choice is cached for --backend auto.",
+    )
+    parser.add_argument("check_images", nargs="*", metavar="PHOTO", help="photographs for the reduced-precision bar")
+    parser.add_argument("--weights", type=Path, help="weights file (default: the built-in person model)")
+
+
+def _run_backends(args: argparse.Namespace) -> int:
+    from detector.backends.selection import select_backend
+    from detector.images import load_image
+    from detector.inference import Detector
+
+    photos = [load_image(path) for path in args.check_images]
+    _, choice = select_backend(Detector.from_weights(args.weights), photos, use_cache=False)
+    for candidate in choice.candidates:
+        speed = f"{candidate.ms_per_image:7.1f} ms/image" if candidate.ms_per_image is not None else "      -        "
+        mark = "*" if candidate.name == choice.name else " "
+        print(f"{mark} {candidate.name:14} {speed}  {'ok ' if candidate.eligible else 'no '} {candidate.accuracy}")
+    print(f"auto: {choice.name}")
+    return EXIT_OK
+
+
 COMMANDS = {
     "detect": (_add_detect, _run_detect),
     "info": (_add_info, _run_info),
     "convert-tf": (_add_convert_tf, _run_convert_tf),
+    "export": (_add_export, _run_export),
+    "backends": (_add_backends, _run_backends),
+    # COCO evaluation, training and the synthetic data set: detector/cli_training.py
+    "evaluate": (cli_training._add_evaluate, cli_training._run_evaluate),
+    "train": (cli_training._add_train, cli_training._run_train),
+    "make-dataset": (cli_training._add_make_dataset, cli_training._run_make_dataset),
 }
 
 

@@ -42,3 +42,38 @@ PIXEL_OFFSET = -1.0
 
 # Extra feature layers after Conv_1 (feature_map_layout layer_depth [-1, -1, 512, 256, 256, 128]).
 EXTRA_LAYER_DEPTHS = (512, 256, 256, 128)
+
+# --- Evaluation and training (detector/evaluate.py, detector/train.py) -------------------------------------------
+# Evaluation keeps nearly every candidate, as COCO mAP expects (the TF zoo's 0.3 under-reports mAP; the serving
+# threshold above is for people).
+EVAL_SCORE_THRESHOLD = 0.01
+EVAL_BATCH_SIZE = 8
+
+# Matching (argmax_matcher in the TF config): IoU >= 0.5 is a positive, below is a negative, and every ground-truth
+# box is force-matched to its best anchor.
+MATCH_IOU_THRESHOLD = 0.5
+# hard_example_miner {max_negatives_per_positive: 3 min_negatives_per_image: 3}, loss_type CLASSIFICATION.
+HARD_NEGATIVES_PER_POSITIVE = 3
+MIN_NEGATIVES_PER_IMAGE = 3
+# Class-head bias at initialisation: sigmoid(bias) = this prior (RetinaNet's trick; training from scratch then starts
+# with small background losses instead of 0.5 on every class of every anchor).
+CLASS_PRIOR = 0.01
+
+# Optimisation: SGD with momentum, linear warm-up then cosine decay to zero (torchvision's SSDlite recipe uses
+# cosine; the TF config's RMSProp with exponential decay is available as --optimizer rmsprop).
+TRAIN_OPTIMIZER = "sgd"
+TRAIN_LEARNING_RATE = 0.05  # for TRAIN_BATCH_SIZE images per step; scale linearly with the global batch
+TRAIN_MOMENTUM = 0.9
+TRAIN_WEIGHT_DECAY = 4e-5  # the config's l2_regularizer weight 0.00004 (TF's l2 loss w·Σx²/2 has gradient w·x)
+TRAIN_BATCH_SIZE = 16  # per process
+TRAIN_EPOCHS = 30
+TRAIN_WARMUP_STEPS = 200  # capped at one epoch
+TRAIN_WARMUP_FACTOR = 0.001  # learning rate at step 0, as a fraction of the peak
+TRAIN_AUGMENTATION = "ssd"  # see detector.data.ssd_augmentation
+TRAIN_ZOOM_OUT_FILL = (123, 117, 104)  # RandomZoomOut fill: the ImageNet mean in 0..255, as torchvision
+TRAIN_EVAL_EVERY = 1  # epochs between evaluations on the val split
+# Batch norm running-statistics momentum while training. The config's decay 0.9997 (BATCH_NORM_MOMENTUM) suits its
+# 200k steps; over a few thousand steps the running statistics would barely leave their initial values and the
+# evaluated (eval-mode) network would be garbage. PyTorch's default 0.1 follows the weights within ~20 steps; the
+# cosine schedule ends with small steps, so the final statistics fit the final weights (torchvision's SSDlite: 0.03).
+TRAIN_BATCH_NORM_MOMENTUM = 0.1

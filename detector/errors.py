@@ -17,3 +17,7 @@ class GraphImportError(DetectorError):
 
 class ImageError(DetectorError):
     """An image is missing, unreadable, corrupt or of a kind we cannot convert."""
+
+
+class DatasetError(DetectorError):
+    """A COCO-format data set (annotation file or image folder) is missing, malformed or inconsistent."""

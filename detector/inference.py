@@ -19,6 +19,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from detector import defaults
+from detector.backends import Backend, build_backend
 from detector.images import ImageInput, load_image
 from detector.model import SSDLite
 from detector.postprocess import RawDetections, postprocess
@@ -75,13 +76,26 @@ class Detector:
         spec: its description (labels, input size, NMS settings).
         digest: SHA-256 of the weights file, reported by ``info``.
         device: where to run ("cpu", "cuda", ...).
+        backend: the engine running the network (:mod:`detector.backends`); default eager PyTorch on ``device``.
+        backend_reason: why that backend, for ``info``.
     """
 
-    def __init__(self, model: SSDLite, spec: ModelSpec, *, digest: str = "", device: str | torch.device = "cpu"):
+    def __init__(
+        self,
+        model: SSDLite,
+        spec: ModelSpec,
+        *,
+        digest: str = "",
+        device: str | torch.device = "cpu",
+        backend: Backend | None = None,
+        backend_reason: str = "the default: eager PyTorch, the reference",
+    ):
         self.spec = spec
         self.digest = digest
         self.device = torch.device(device)
         self.model = fold_batch_norms(copy.deepcopy(model).eval()).to(self.device)
+        self.backend = backend or build_backend("torch", self.model, device=self.device)
+        self.backend_reason = backend_reason
         self.anchors = self.model.anchors
         post = spec.postprocessing
         self._nms_iou = float(post["nms_iou_threshold"])
@@ -89,14 +103,41 @@ class Detector:
         self._clip_boxes = str(post["clip_boxes"])
 
     @classmethod
-    def from_weights(cls, weights: str | Path | None = None, *, device: str | torch.device = "cpu") -> Detector:
-        """Load a weights file; with ``None``, the built-in person model (converted on first use)."""
+    def from_weights(
+        cls,
+        weights: str | Path | None = None,
+        *,
+        device: str | torch.device = "cpu",
+        backend: str = "torch",
+        check_images: Sequence[np.ndarray] = (),
+    ) -> Detector:
+        """Load a weights file; with ``None``, the built-in person model (converted on first use).
+
+        Args:
+            backend: "torch" (the reference), "auto" (the fastest one meeting the accuracy bar here, measured once
+                per machine and cached), or a name from :data:`detector.backends.BACKEND_NAMES`.
+            check_images: RGB uint8 photographs: ``auto`` judges reduced-precision backends on them (without
+                any it refuses those), ``openvino-int8`` calibrates on them.
+
+        Raises:
+            detector.backends.BackendUnavailable: the named backend cannot run here.
+        """
         if weights is None:
             from detector.builtin import builtin_weights
 
             weights = builtin_weights()
         loaded = load_weights(weights)
-        return cls(loaded.model, loaded.spec, digest=loaded.digest, device=device)
+        detector = cls(loaded.model, loaded.spec, digest=loaded.digest, device=device)
+        if backend == "auto":
+            from detector.backends.selection import select_backend
+
+            detector.backend, choice = select_backend(detector, check_images)
+            detector.backend_reason = f"auto: {choice.reason}"
+        elif backend != "torch":
+            calibration = [detector.preprocess(check_images)] if check_images else []
+            detector.backend = build_backend(backend, detector.model, device=device, calibration=calibration)
+            detector.backend_reason = "asked for by name"
+        return detector
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -115,11 +156,19 @@ class Detector:
             "weights_sha256": self.digest,
             "source": self.spec.source,
             "license": self.spec.license,
+            "backend": self.backend.name,
+            "backend_engine": self.backend.describe(),
+            "backend_reason": self.backend_reason,
         }
 
-    @torch.inference_mode()
     def predict_raw(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The network alone: (N, 3, S, S) preprocessed input → (N, A, 4) box codes, (N, A, K) logits."""
+        """The network alone, on the backend: (N, 3, S, S) preprocessed input → (N, A, 4) box codes, (N, A, K)
+        logits, float32."""
+        return self.backend(batch)
+
+    @torch.inference_mode()
+    def model_outputs(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Like :meth:`predict_raw`, always with eager PyTorch fp32: the reference other backends are checked on."""
         return self.model(batch.to(self.device))
 
     def preprocess(self, arrays: Sequence[np.ndarray]) -> torch.Tensor:

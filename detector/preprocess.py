@@ -49,6 +49,14 @@ def _legacy_sample_points_numpy(in_size: int, out_size: int) -> tuple[np.ndarray
     return lower.numpy(), upper.numpy(), weight.numpy()
 
 
+@lru_cache(maxsize=256)
+def _column_indices(in_width: int, out_width: int, channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """Byte offsets in a (W · C) row of the lower and upper source pixels of each output column, all channels."""
+    lower, upper, _ = _legacy_sample_points_numpy(in_width, out_width)
+    offsets = np.arange(channels)
+    return (lower[:, None] * channels + offsets).ravel(), (upper[:, None] * channels + offsets).ravel()
+
+
 def _resize_legacy_into(image: np.ndarray, size: int, scratch: np.ndarray) -> np.ndarray:
     """TF1 legacy bilinear resize of a uint8 (H, W, C) image to (size, size, C) float32, in ``scratch`` (4, S, S, C).
 
@@ -56,14 +64,19 @@ def _resize_legacy_into(image: np.ndarray, size: int, scratch: np.ndarray) -> np
     only the four corner samples are gathered (in uint8, before conversion) and every step writes in place, which
     makes it about 10× faster than gathering whole float rows with fresh tensors.
     """
-    y0, y1, dy = _legacy_sample_points_numpy(image.shape[0], size)
-    x0, x1, dx = _legacy_sample_points_numpy(image.shape[1], size)
-    rows_top, rows_bottom = image.take(y0, axis=0), image.take(y1, axis=0)
-    top, top_right, bottom, bottom_right = scratch
+    height, width, channels = image.shape
+    y0, y1, dy = _legacy_sample_points_numpy(height, size)
+    _, _, dx = _legacy_sample_points_numpy(width, size)
+    x0, x1 = _column_indices(width, size, channels)
+    # Rows as flat (W · C) byte strings: taking single bytes is much faster than taking C-byte pixels.
+    rows = image.reshape(height, width * channels)
+    rows_top, rows_bottom = rows.take(y0, axis=0), rows.take(y1, axis=0)
+    top, top_right, bottom, bottom_right = (s.reshape(size, size * channels) for s in scratch)
     np.copyto(top, rows_top.take(x0, axis=1))
     np.copyto(top_right, rows_top.take(x1, axis=1))
     np.copyto(bottom, rows_bottom.take(x0, axis=1))
     np.copyto(bottom_right, rows_bottom.take(x1, axis=1))
+    top, top_right, bottom, bottom_right = scratch
     dx = dx[None, :, None]
     # top = tl + (tr − tl)·dx; bottom = bl + (br − bl)·dx; out = top + (bottom − top)·dy.
     np.add(top, np.multiply(np.subtract(top_right, top, out=top_right), dx, out=top_right), out=top)

@@ -36,3 +36,13 @@ def golden() -> tuple[dict, dict]:
         metadata = handle.metadata()
     metadata["images"] = json.loads(metadata["images"])
     return load_file(str(GOLDEN)), metadata
+
+
+@pytest.fixture(scope="session")
+def live_service():
+    """A real ``python -m api`` on the built-in model, on a free loopback port (see tests/api_live.py)."""
+    from tests.api_live import running_service
+
+    env = {"DETECTOR_MAX_BODY_BYTES": str(2 * 1024 * 1024), "DETECTOR_MAX_PIXELS": "4000000"}
+    with running_service(env) as service:
+        yield service

@@ -56,8 +56,6 @@ def all_photos() -> list[Path]:
     return [photo(name) for name in PHOTOS]
 
 
-
-
 def people_mosaic():
     """Three photographs with a person each, side by side (512×1536 RGB): several detections in one image."""
     import numpy as np

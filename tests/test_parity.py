@@ -62,8 +62,10 @@ def test_matches_tensorflow(golden, person_detector, name):
     score_diff = max((abs(d.score - s) for d, s in zip(ours, tf_scores[keep], strict=True)), default=0.0)
     assert [d.class_id for d in ours] == tf_classes.astype(int).tolist()
     assert box_diff <= 0.5 and score_diff <= 1e-3
-    print(f"\n{name}: codes {code_diff:.2e} logits {logit_diff:.2e} dets {len(ours)} box {box_diff:.4f}px "
-          f"score {score_diff:.2e}")
+    print(
+        f"\n{name}: codes {code_diff:.2e} logits {logit_diff:.2e} dets {len(ours)} box {box_diff:.4f}px "
+        f"score {score_diff:.2e}"
+    )
 
 
 @pytest.mark.parametrize("name", IMAGES)

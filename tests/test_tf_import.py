@@ -72,7 +72,7 @@ def test_refuses_non_graph_files(tmp_path):
 
 def test_refuses_truncated_graph(published_graph, tmp_path):
     truncated = tmp_path / "truncated.pb"
-    truncated.write_bytes(published_graph.read_bytes()[: 3_000_000])
+    truncated.write_bytes(published_graph.read_bytes()[:3_000_000])
     with pytest.raises(GraphImportError, match="not a TensorFlow GraphDef"):
         import_tf_graph(truncated)
 

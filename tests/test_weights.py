@@ -37,7 +37,16 @@ def test_metadata_is_complete(small):
 
     with safe_open(str(path), "pt") as handle:
         meta = json.loads(handle.metadata()[METADATA_KEY])
-    for key in ("architecture", "image_size", "num_classes", "labels", "score_mode", "preprocessing", "source", "license"):
+    for key in (
+        "architecture",
+        "image_size",
+        "num_classes",
+        "labels",
+        "score_mode",
+        "preprocessing",
+        "source",
+        "license",
+    ):
         assert key in meta
     assert meta["preprocessing"]["resize"] == "bilinear_tf1_legacy"
 

@@ -1,0 +1,36 @@
+"""Operations: liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from api.deps import MetricsDep, ServiceDep
+from api.errors import Draining, InternalError, NotReady
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz", summary="Liveness: the process serves HTTP and its inference worker runs")
+async def healthz(service: ServiceDep) -> dict[str, str]:
+    """200 while alive; 500 if the inference worker died (restart the process)."""
+    if not service.alive:
+        raise InternalError("the inference worker stopped")
+    return {"status": "alive"}
+
+
+@router.get("/readyz", summary="Readiness: model loaded and not draining (200), else 503")
+async def readyz(service: ServiceDep) -> dict[str, str]:
+    """What a load balancer polls: 503 while loading, after a SIGTERM, or if the worker died."""
+    if service.draining:
+        raise Draining("the service is shutting down")
+    if not service.ready:
+        raise NotReady("the model is not loaded yet")
+    return {"status": "ready"}
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def metrics(metrics: MetricsDep) -> Response:
+    """Counters, gauges and histograms in Prometheus text format."""
+    return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,41 @@
+"""Eager PyTorch: the reference backend (fp32 on any device), and half precision on CUDA."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from detector.backends import BackendUnavailable
+from detector.model import SSDLite
+
+
+class TorchBackend:
+    """Runs the module itself. fp16 only on CUDA: CPU half-precision convolutions are slower than fp32.
+
+    Args:
+        model: the eval-mode network (copied for fp16, so the caller's stays in fp32; shared otherwise).
+        device: where to run.
+        dtype: torch.float32 (the reference) or torch.float16 (CUDA only).
+    """
+
+    def __init__(self, model: SSDLite, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+        self.device = torch.device(device)
+        self.dtype = dtype
+        if dtype != torch.float32 and self.device.type != "cuda":
+            raise BackendUnavailable(f"torch in {dtype} needs a CUDA device, got {self.device}")
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise BackendUnavailable("no CUDA device is available")
+        if dtype != torch.float32:
+            model = copy.deepcopy(model)
+        self.model = model.to(self.device, dtype).eval()
+        self.name = "torch" if dtype == torch.float32 else "torch-fp16"
+
+    @torch.inference_mode()
+    def __call__(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        codes, logits = self.model(batch.to(self.device, self.dtype, non_blocking=True))
+        return codes.float(), logits.float()
+
+    def describe(self) -> dict[str, str]:
+        precision = "fp32" if self.dtype == torch.float32 else "fp16"
+        return {"engine": "pytorch", "version": torch.__version__, "device": str(self.device), "precision": precision}
