@@ -31,10 +31,47 @@ class RawDetections:
     labels: torch.Tensor
 
 
+# How many of the highest-scored candidates NMS looks at first, in multiples of the detections wanted.
+NMS_SHORT_LIST_FACTOR = 4
+
+
 def _clip_and_prune(boxes: torch.Tensor, *others: torch.Tensor) -> tuple[torch.Tensor, ...]:
     boxes = clip_boxes_to_image(boxes, (1, 1))
     keep = box_area(boxes) > 0
     return (boxes[keep], *(t[keep] for t in others))
+
+
+def _nms(
+    boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, iou_threshold: float, clip_after: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    keep = batched_nms(boxes, scores, labels, iou_threshold)
+    kept = (boxes[keep], scores[keep], labels[keep])
+    return _clip_and_prune(*kept) if clip_after else kept
+
+
+def _nms_first(
+    boxes: torch.Tensor,
+    scores: torch.Tensor,
+    labels: torch.Tensor,
+    iou_threshold: float,
+    max_detections: int,
+    clip_after: bool,
+) -> tuple[torch.Tensor, ...]:
+    """The first ``max_detections`` survivors of greedy NMS, without running it over every candidate.
+
+    Greedy NMS visits boxes in score order and a box is only ever suppressed by a higher-scored one, so the first k
+    survivors among the highest-scored candidates are the first k survivors among all of them. Try a short list
+    (a few times ``max_detections``); only if it yields fewer than ``max_detections`` run over every candidate. At
+    TF's 1e-8 candidate threshold this cuts NMS from all ~1900 boxes per class to a few hundred (TF's own
+    ``NonMaxSuppressionV3`` stops at its maximum output size for the same reason).
+    """
+    short = NMS_SHORT_LIST_FACTOR * max_detections
+    if scores.numel() > short:
+        top = scores.topk(short).indices
+        kept = _nms(boxes[top], scores[top], labels[top], iou_threshold, clip_after)
+        if kept[0].shape[0] >= max_detections:
+            return tuple(t[:max_detections] for t in kept)
+    return tuple(t[:max_detections] for t in _nms(boxes, scores, labels, iou_threshold, clip_after))
 
 
 def postprocess(
@@ -74,11 +111,9 @@ def postprocess(
     for image_boxes, image_scores, image_labels in zip(
         cand_boxes.split(counts), cand_scores.split(counts), cand_labels.split(counts), strict=True
     ):
-        keep = batched_nms(image_boxes, image_scores, image_labels, iou_threshold)
-        kept = (image_boxes[keep], image_scores[keep], image_labels[keep])
-        if clip_boxes == "after_nms":
-            kept = _clip_and_prune(*kept)
         # TF keeps max_detections per class, then max_detections in all; the second cap implies the first.
-        kept = tuple(t[:max_detections] for t in kept)
+        kept = _nms_first(
+            image_boxes, image_scores, image_labels, iou_threshold, max_detections, clip_boxes == "after_nms"
+        )
         results.append(RawDetections(boxes=kept[0], scores=kept[1], labels=kept[2]))
     return results
