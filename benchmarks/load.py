@@ -127,7 +127,9 @@ def main() -> None:
     settings = Settings()
     torch.set_num_threads(settings.threads)
     photos = load_photos()
-    detector = Detector.from_weights(None)
+    # The same engine as the service's (DETECTOR_BACKEND, default auto), so the ratio compares like with like.
+    detector = Detector.from_weights(None, backend=settings.backend)
+    print(f"backend: {detector.info()['backend']} (DETECTOR_BACKEND={settings.backend})")
     encoded = [photos[i % len(photos)][1] for i in range(args.raw_images)]
     arrays = [load_image(data) for data in encoded]
     detector.detect(encoded[: settings.max_batch_size], batch_size=settings.max_batch_size)  # warm-up
