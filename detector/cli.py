@@ -245,8 +245,6 @@ def _run_convert_tf(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-# --- main ---------------------------------------------------------------------------------------------------------
-
 # --- export / backends --------------------------------------------------------------------------------------------
 
 
@@ -298,6 +296,8 @@ def _run_backends(args: argparse.Namespace) -> int:
     print(f"auto: {choice.name}")
     return EXIT_OK
 
+
+# --- main ---------------------------------------------------------------------------------------------------------
 
 COMMANDS = {
     "detect": (_add_detect, _run_detect),
