@@ -119,13 +119,11 @@ def torch_variant(name: str, threshold: float):
         return lambda arrays: detector.detect_arrays(arrays, score_threshold=threshold)
     detector = Detector.from_weights()  # the torch backend: batch norm folded, channels-last, inference mode
     if name == "folded_nchw":  # the same without the channels-last layout
-        detector.model.to(memory_format=torch.contiguous_format)
-        detector.backend.model = detector.model
-        run_network = detector.model
+        model = detector.model.to(memory_format=torch.contiguous_format)  # in place: the backend shares it
 
         def run(arrays):
-            with torch.inference_mode():
-                codes, logits = run_network(detector.preprocess(arrays))
+            with torch.inference_mode():  # the network called directly: the backend would convert to NHWC
+                codes, logits = model(detector.preprocess(arrays))
             return detector.postprocess(codes, logits, [a.shape[:2] for a in arrays], score_threshold=threshold)
 
         return run
