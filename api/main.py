@@ -1,7 +1,9 @@
-"""The FastAPI app: ``create_app(settings)`` wires settings, metrics, the detection service, routes and middleware.
+"""The FastAPI app factory: ``create_app(settings)`` wires settings, metrics, the detection service, routes and
+middleware.
 
-``app`` is built from the environment (``DETECTOR_*``); the model loads in the lifespan hook, off the event loop,
-and the inference worker is stopped (queue drained) on shutdown.
+Nothing is built at import time: ``python -m api`` calls the factory, and so can uvicorn
+(``uvicorn --factory api.main:create_app``, settings from ``DETECTOR_*``). The model loads in the lifespan hook, off
+the event loop, and the inference worker is stopped (queue drained) on shutdown.
 """
 
 from __future__ import annotations
@@ -58,6 +60,3 @@ def create_app(settings: Settings | None = None, *, detector: ServedModel | None
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes, metrics=metrics)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
     return app
-
-
-app = create_app()

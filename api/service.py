@@ -6,7 +6,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import anyio
 import numpy as np
@@ -18,7 +18,7 @@ from api.metrics import Metrics
 from api.settings import Settings
 from api.uploads import Upload, decode_upload
 from detector import defaults
-from detector.inference import Detection, ImageDetections
+from detector.results import Detection, ImageDetections, ModelInfo
 
 log = logging.getLogger("api.service")
 
@@ -29,7 +29,7 @@ class ServedModel(BatchModel, Protocol):
     @property
     def labels(self) -> tuple[str, ...]: ...
 
-    def info(self) -> dict[str, Any]: ...
+    def info(self) -> ModelInfo: ...
 
 
 @dataclass(frozen=True)
@@ -99,8 +99,10 @@ class DetectionService:
         self.batcher.start()
         self.model = model
         info = model.info()
-        self.metrics.model.info({k: str(info.get(k, "")) for k in ("name", "version", "weights_sha256", "backend")})
-        log.info("model loaded", extra={"model": info.get("name"), "seconds": round(time.monotonic() - started, 2)})
+        self.metrics.model.info(
+            {"name": info.name, "version": info.version, "weights_sha256": info.weights_sha256, "backend": info.backend}
+        )
+        log.info("model loaded", extra={"model": info.name, "seconds": round(time.monotonic() - started, 2)})
 
     def stop(self, timeout: float) -> None:
         """Refuse new work, finish queued requests, stop the worker (blocking, at most ``timeout`` seconds)."""

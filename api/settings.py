@@ -13,6 +13,8 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from detector.backends.base import BackendChoice
+
 
 def available_cpus() -> int:
     """CPUs this process may use: its affinity mask, capped by a cgroup CPU quota (v2 ``cpu.max`` or v1 CFS)."""
@@ -46,7 +48,9 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="DETECTOR_", extra="ignore")
 
-    weights: Path | None = Field(None, description="weights file; unset or empty: the built-in person model")
+    weights: str | None = Field(
+        None, description="a built-in model's name or a weights file; unset or empty: the default built-in model"
+    )
     host: str = "0.0.0.0"
     port: int = Field(8000, ge=1, le=65535)
     threads: int = Field(
@@ -54,7 +58,9 @@ class Settings(BaseSettings):
         ge=1,
         description="torch intra-op threads of the one inference worker (default: CPUs allowed by affinity/cgroup)",
     )
-    backend: str = Field("auto", description="engine: auto (fastest meeting the accuracy bar here), torch, or another")
+    backend: BackendChoice = Field(
+        "auto", description="engine: auto (fastest meeting the accuracy bar here), torch, or another"
+    )
     # 8: on CPU at 300×300, larger batches gave no more images/s here, only longer waits (see benchmarks/load.py).
     max_batch_size: int = Field(8, ge=1, le=256, description="most images in one forward pass")
     max_wait_ms: float = Field(
@@ -78,5 +84,5 @@ class Settings(BaseSettings):
 
     def model_post_init(self, context: object, /) -> None:
         # DETECTOR_WEIGHTS= (empty) means the built-in model, not the current directory.
-        if self.weights is not None and str(self.weights) in ("", "."):
+        if self.weights is not None and self.weights.strip() in ("", "."):
             self.weights = None

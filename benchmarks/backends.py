@@ -6,7 +6,7 @@ Prints, for each available backend, ms/image at batch 1 and 8 and the speedup ov
 figure at batch 1 and 8 and its split into decode, preprocess, network and postprocess, for eager PyTorch on the path
 as it was before issue 6 (Pillow decoding, the torch resize, a per-image postprocess decoding every anchor), eager
 PyTorch on today's path, and the backend ``auto`` picks. All in one run, so the ratios hold on a noisy machine.
-The images are the repository's photographs (tests/photos.py) re-encoded as JPEG, quality 90.
+The images are the sample photographs (detector/samples.py) re-encoded as JPEG, quality 90.
 """
 
 from __future__ import annotations
@@ -25,12 +25,14 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from detector import images
-from detector.backends import REDUCED_PRECISION, BackendUnavailable, build_backend
 from detector.backends.accuracy import MATCH_SCORE, compare_detections
+from detector.backends.base import REDUCED_PRECISION
+from detector.backends.factory import build_backend
 from detector.box_coding import decode_boxes
+from detector.errors import BackendUnavailable
 from detector.inference import Detector
 from detector.preprocess import resize_bilinear_legacy
-from tests.photos import PHOTOS, photo
+from detector.samples import PHOTOS, photo
 
 BACKENDS = ("torch", "onnxruntime", "openvino", "openvino-bf16", "openvino-int8")
 

@@ -19,8 +19,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from detector.backends import build_backend
-from detector.export import max_abs_diff
+from detector.backends.factory import build_backend
+from detector.backends.onnx import max_abs_diff
 from detector.inference import Detector
 
 BATCHES = (1, 8, 64)
@@ -33,11 +33,11 @@ def load_detector(device: str) -> tuple[Detector, str]:
     except Exception as exc:
         from detector.labels import default_labels
         from detector.model import ssdlite_mobilenet_v2
-        from detector.weights import ModelSpec
+        from detector.spec import ModelSpec
 
         spec = ModelSpec(num_classes=2, labels=default_labels(2))
         model = ssdlite_mobilenet_v2(num_classes=2).eval()
-        return Detector(model, spec, device=device), f"random weights (built-in model unavailable: {exc})"
+        return Detector.from_model(model, spec, device=device), f"random weights (built-in model unavailable: {exc})"
 
 
 def images_per_second(backend, batch: torch.Tensor) -> float:

@@ -29,8 +29,8 @@ def _sync(device: torch.device) -> None:
 
 
 def _train_rate(image_size: int, batch_size: int, steps: int, amp: bool, device: torch.device) -> float:
-    from detector.loss import ssd_loss
     from detector.model import ssdlite_mobilenet_v2
+    from detector.training.loss import ssd_loss
 
     torch.manual_seed(0)
     model = ssdlite_mobilenet_v2(num_classes=4, image_size=image_size).to(device).train()
@@ -64,18 +64,19 @@ def _train_rate(image_size: int, batch_size: int, steps: int, amp: bool, device:
 
 
 def _eval_rates(image_size: int, num_images: int, batch_size: int, device: torch.device) -> tuple[float, float, float]:
-    from detector.data import load_dataset
-    from detector.evaluate import evaluate
     from detector.inference import Detector
-    from detector.synthetic import SceneSettings, make_split
-    from detector.weights import ModelSpec, build_model
+    from detector.spec import ModelSpec
+    from detector.training.coco import load_dataset
+    from detector.training.evaluate import evaluate
+    from detector.training.synthetic import SceneSettings, make_split
+    from detector.weights import build_model
 
     with tempfile.TemporaryDirectory() as tmp:
         settings = SceneSettings(min_size=320, max_size=480)
         annotations = make_split(tmp, "val", num_images, seed=0, settings=settings)
         spec = ModelSpec(num_classes=4, labels=("background", "circle", "square", "triangle"), image_size=image_size)
         torch.manual_seed(0)
-        detector = Detector(build_model(spec), spec, device=device)
+        detector = Detector.from_model(build_model(spec), spec, device=device)
         dataset = load_dataset(Path(tmp) / "val", annotations, for_training=False, log=lambda _: None)
         quiet = {"progress": False, "log": lambda _: None, "batch_size": batch_size, "workers": 4}
         evaluate(detector, dataset, **quiet)  # warm-up
@@ -84,8 +85,8 @@ def _eval_rates(image_size: int, num_images: int, batch_size: int, device: torch
         result = evaluate(detector, dataset, **quiet)
         total = time.perf_counter() - start
         # COCOeval alone, to tell the detector's share from pycocotools'.
-        from detector.data import coco_api
-        from detector.evaluate import coco_evaluate
+        from detector.training.coco import coco_api
+        from detector.training.evaluate import coco_evaluate
 
         start = time.perf_counter()
         coco_evaluate(coco_api(dataset.document), result.detections, result.image_ids, result.category_ids)

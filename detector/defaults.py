@@ -8,6 +8,8 @@ API and the service override these; they never redefine them.
 
 from __future__ import annotations
 
+from typing import Final
+
 ARCHITECTURE = "ssdlite_mobilenet_v2"
 
 # fixed_shape_resizer {height: 300 width: 300}; the MobileNetV2 paper (§6.2) quotes 320, the zoo export uses 300.
@@ -43,7 +45,7 @@ PIXEL_OFFSET = -1.0
 # Extra feature layers after Conv_1 (feature_map_layout layer_depth [-1, -1, 512, 256, 256, 128]).
 EXTRA_LAYER_DEPTHS = (512, 256, 256, 128)
 
-# --- Evaluation and training (detector/evaluate.py, detector/train.py) -------------------------------------------
+# --- Evaluation and training (detector/training/) -------------------------------------------
 # Evaluation keeps nearly every candidate, as COCO mAP expects (the TF zoo's 0.3 under-reports mAP; the serving
 # threshold above is for people).
 EVAL_SCORE_THRESHOLD = 0.01
@@ -61,7 +63,7 @@ CLASS_PRIOR = 0.01
 
 # Optimisation: SGD with momentum, linear warm-up then cosine decay to zero (torchvision's SSDlite recipe uses
 # cosine; the TF config's RMSProp with exponential decay is available as --optimizer rmsprop).
-TRAIN_OPTIMIZER = "sgd"
+TRAIN_OPTIMIZER: Final = "sgd"
 TRAIN_LEARNING_RATE = 0.05  # for TRAIN_BATCH_SIZE images per step; scale linearly with the global batch
 TRAIN_MOMENTUM = 0.9
 TRAIN_WEIGHT_DECAY = 4e-5  # the config's l2_regularizer weight 0.00004 (TF's l2 loss w·Σx²/2 has gradient w·x)
@@ -69,7 +71,7 @@ TRAIN_BATCH_SIZE = 16  # per process
 TRAIN_EPOCHS = 30
 TRAIN_WARMUP_STEPS = 200  # capped at one epoch
 TRAIN_WARMUP_FACTOR = 0.001  # learning rate at step 0, as a fraction of the peak
-TRAIN_AUGMENTATION = "ssd"  # see detector.data.ssd_augmentation
+TRAIN_AUGMENTATION: Final = "ssd"  # see detector.training.pipeline.ssd_augmentation
 TRAIN_ZOOM_OUT_FILL = (123, 117, 104)  # RandomZoomOut fill: the ImageNet mean in 0..255, as torchvision
 TRAIN_EVAL_EVERY = 1  # epochs between evaluations on the val split
 # Batch norm running-statistics momentum while training. The config's decay 0.9997 (BATCH_NORM_MOMENTUM) suits its
@@ -77,3 +79,19 @@ TRAIN_EVAL_EVERY = 1  # epochs between evaluations on the val split
 # evaluated (eval-mode) network would be garbage. PyTorch's default 0.1 follows the weights within ~20 steps; the
 # cosine schedule ends with small steps, so the final statistics fit the final weights (torchvision's SSDlite: 0.03).
 TRAIN_BATCH_NORM_MOMENTUM = 0.1
+
+# --- Running the product --------------------------------------------------------------------------------------------
+# The built-in model used when none is named (CLI, Python API, service, image): see detector/builtin.py.
+MODEL = "person"
+# Images per forward pass for the Python API and `detector detect`.
+DETECT_BATCH_SIZE = 8
+# Image-reading worker processes of `detector evaluate` and `detector train` (per rank).
+DATA_WORKERS = 2
+
+# --- The synthetic shapes data set (detector/training/synthetic.py, `detector make-dataset`) ----------------------
+SYNTHETIC_TRAIN_IMAGES = 400
+SYNTHETIC_VAL_IMAGES = 100
+SYNTHETIC_CLASSES = ("circle", "square", "triangle")
+SYNTHETIC_MIN_SIZE = 96
+SYNTHETIC_MAX_SIZE = 160
+SYNTHETIC_MAX_OBJECTS = 4

@@ -92,9 +92,10 @@ def _decode_plain_jpeg(image: Image.Image) -> np.ndarray | None:
         return None
     if image.getexif().get(0x0112, 1) != 1:
         return None
+    source = getattr(image, "fp", None)  # the open file Pillow reads the header from
     try:
-        image.fp.seek(0)
-        return simplejpeg.decode_jpeg(image.fp.read(), colorspace="RGB")
+        source.seek(0)  # type: ignore[union-attr]
+        return simplejpeg.decode_jpeg(source.read(), colorspace="RGB")  # type: ignore[union-attr]
     except (OSError, ValueError, AttributeError):
         return None
 

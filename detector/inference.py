@@ -1,17 +1,16 @@
 """The Python API: ``Detector.from_weights(...).detect(images)``.
 
 A ``Detector`` owns one network in inference form (batch norm folded into the convolutions, eval mode, no
-autograd) and runs the whole path: load/convert pixels, TF-exact preprocessing, the forward pass, decoding and NMS,
-and boxes mapped back to the original image's pixels.
+autograd), the backend that runs it, and the whole path around it: load/convert pixels, TF-exact preprocessing, the
+forward pass, decoding and NMS, and boxes mapped back to the original image's pixels.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import cast
 
 import numpy as np
 import torch
@@ -19,37 +18,16 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from detector import defaults
-from detector.backends import Backend, build_backend
+from detector.backends.base import Backend, BackendChoice
+from detector.backends.factory import build_backend
+from detector.builtin import resolve_weights
 from detector.images import ImageInput, load_image
 from detector.model import SSDLite
-from detector.postprocess import RawDetections, postprocess
+from detector.postprocess import detections_in_pixels
 from detector.preprocess import preprocess
-from detector.weights import ModelSpec, load_weights
-
-
-@dataclass(frozen=True)
-class Detection:
-    """One object: ``box`` is [x1, y1, x2, y2] in the original image's pixels (after EXIF orientation)."""
-
-    label: str
-    class_id: int
-    score: float
-    box: tuple[float, float, float, float]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "box": list(self.box)}
-
-
-@dataclass(frozen=True)
-class ImageDetections:
-    """All detections of one image, highest score first, with the image's size as detected (upright)."""
-
-    width: int
-    height: int
-    detections: list[Detection]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"width": self.width, "height": self.height, "detections": [d.to_dict() for d in self.detections]}
+from detector.results import ImageDetections, ModelInfo
+from detector.spec import ModelSpec
+from detector.weights import load_weights
 
 
 def fold_batch_norms(module: nn.Module) -> nn.Module:
@@ -68,39 +46,51 @@ def fold_batch_norms(module: nn.Module) -> nn.Module:
     return module
 
 
+def inference_network(model: SSDLite, device: str | torch.device = "cpu") -> SSDLite:
+    """A copy of ``model`` in inference form: eval mode, batch norm folded, on ``device``."""
+    network = fold_batch_norms(copy.deepcopy(model).eval()).to(torch.device(device))
+    assert isinstance(network, SSDLite)
+    return network
+
+
 class Detector:
     """Detects objects in images with an SSDLite-MobileNetV2 network.
 
+    Build one with :meth:`from_weights` (a weights file or a built-in model) or :meth:`from_model` (a network in
+    memory, e.g. while training).
+
     Args:
-        model: the network (trained weights).
-        spec: its description (labels, input size, NMS settings).
+        network: the network in inference form (:func:`inference_network`), on ``device``.
+        spec: its description (labels, input size, pre- and post-processing).
+        backend: the engine running ``network`` (:mod:`detector.backends`).
         digest: SHA-256 of the weights file, reported by ``info``.
-        device: where to run ("cpu", "cuda", ...).
-        backend: the engine running the network (:mod:`detector.backends`); default eager PyTorch on ``device``.
         backend_reason: why that backend, for ``info``.
     """
 
     def __init__(
         self,
-        model: SSDLite,
+        network: SSDLite,
         spec: ModelSpec,
         *,
+        backend: Backend,
         digest: str = "",
-        device: str | torch.device = "cpu",
-        backend: Backend | None = None,
         backend_reason: str = "the default: eager PyTorch, the reference",
     ):
         self.spec = spec
         self.digest = digest
-        self.device = torch.device(device)
-        self.model = fold_batch_norms(copy.deepcopy(model).eval()).to(self.device)
-        self.backend = backend or build_backend("torch", self.model, device=self.device)
+        self.model = network
+        self.device = next(network.parameters()).device
+        self.backend = backend
         self.backend_reason = backend_reason
-        self.anchors = self.model.anchors
-        post = spec.postprocessing
-        self._nms_iou = float(post["nms_iou_threshold"])
-        self._max_detections = int(post["max_detections"])
-        self._clip_boxes = str(post["clip_boxes"])
+        self.anchors = network.anchors
+
+    @classmethod
+    def from_model(
+        cls, model: SSDLite, spec: ModelSpec, *, device: str | torch.device = "cpu", digest: str = ""
+    ) -> Detector:
+        """A detector running a copy of ``model`` (left as it is) in eager PyTorch on ``device``."""
+        network = inference_network(model, device)
+        return cls(network, spec, backend=build_backend("torch", network, device=device), digest=digest)
 
     @classmethod
     def from_weights(
@@ -108,58 +98,59 @@ class Detector:
         weights: str | Path | None = None,
         *,
         device: str | torch.device = "cpu",
-        backend: str = "torch",
+        backend: BackendChoice = "torch",
         check_images: Sequence[np.ndarray] = (),
     ) -> Detector:
-        """Load a weights file; with ``None``, the built-in person model (converted on first use).
+        """Load a weights file or a built-in model by name; ``None`` is the default built-in model.
 
         Args:
             backend: "torch" (the reference), "auto" (the fastest one meeting the accuracy bar here, measured once
-                per machine and cached), or a name from :data:`detector.backends.BACKEND_NAMES`.
+                per machine and cached), or a name from :data:`detector.backends.base.BACKEND_NAMES`.
             check_images: RGB uint8 photographs: ``auto`` judges reduced-precision backends on them (without
                 any it refuses those), ``openvino-int8`` calibrates on them.
 
         Raises:
-            detector.backends.BackendUnavailable: the named backend cannot run here.
+            detector.errors.WeightsError: the file or built-in model is missing or does not fit.
+            detector.errors.BackendUnavailable: the named backend cannot run here.
         """
-        if weights is None:
-            from detector.builtin import builtin_weights
-
-            weights = builtin_weights()
-        loaded = load_weights(weights)
-        detector = cls(loaded.model, loaded.spec, digest=loaded.digest, device=device)
+        loaded = load_weights(resolve_weights(weights))
+        network = inference_network(loaded.model, device)
         if backend == "auto":
             from detector.backends.selection import select_backend
 
-            detector.backend, choice = select_backend(detector, check_images)
-            detector.backend_reason = f"auto: {choice.reason}"
-        elif backend != "torch":
-            calibration = [detector.preprocess(check_images)] if check_images else []
-            detector.backend = build_backend(backend, detector.model, device=device, calibration=calibration)
-            detector.backend_reason = "asked for by name"
-        return detector
+            engine, choice = select_backend(network, loaded.spec, check_images, digest=loaded.digest, device=device)
+            reason = f"auto: {choice.reason}"
+        elif backend == "torch":
+            engine, reason = build_backend("torch", network, device=device), "the default: eager PyTorch, the reference"
+        else:
+            pre = loaded.spec.preprocessing
+            size = loaded.spec.image_size
+            calibration = [preprocess(check_images, size, pre.pixel_scale, pre.pixel_offset)] if check_images else []
+            engine = build_backend(backend, network, device=device, calibration=calibration)
+            reason = "asked for by name"
+        return cls(network, loaded.spec, backend=engine, digest=loaded.digest, backend_reason=reason)
 
     @property
     def labels(self) -> tuple[str, ...]:
         return self.spec.labels
 
-    def info(self) -> dict[str, Any]:
-        """What the model is: name, version, labels, input size, weights digest and provenance."""
-        return {
-            "name": self.spec.name,
-            "version": self.spec.version,
-            "architecture": self.spec.architecture,
-            "input_size": [self.spec.image_size, self.spec.image_size],
-            "num_classes": self.spec.num_classes,
-            "labels": list(self.spec.labels[1:]),
-            "score_mode": self.spec.score_mode,
-            "weights_sha256": self.digest,
-            "source": self.spec.source,
-            "license": self.spec.license,
-            "backend": self.backend.name,
-            "backend_engine": self.backend.describe(),
-            "backend_reason": self.backend_reason,
-        }
+    def info(self) -> ModelInfo:
+        """What the model is: name, version, labels, input size, weights digest, provenance and backend."""
+        return ModelInfo(
+            name=self.spec.name,
+            version=self.spec.version,
+            architecture=self.spec.architecture,
+            input_size=(self.spec.image_size, self.spec.image_size),
+            num_classes=self.spec.num_classes,
+            labels=list(self.spec.labels[1:]),
+            score_mode=self.spec.score_mode,
+            weights_sha256=self.digest,
+            source=self.spec.source,
+            license=self.spec.license,
+            backend=self.backend.name,
+            backend_engine=self.backend.describe(),
+            backend_reason=self.backend_reason,
+        )
 
     def predict_raw(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The network alone, on the backend: (N, 3, S, S) preprocessed input → (N, A, 4) box codes, (N, A, K)
@@ -174,7 +165,7 @@ class Detector:
     def preprocess(self, arrays: Sequence[np.ndarray]) -> torch.Tensor:
         """RGB uint8 (H, W, 3) arrays → the network's (N, 3, S, S) input."""
         pre = self.spec.preprocessing
-        return preprocess(arrays, self.spec.image_size, pre["pixel_scale"], pre["pixel_offset"])
+        return preprocess(arrays, self.spec.image_size, pre.pixel_scale, pre.pixel_offset)
 
     @torch.inference_mode()
     def postprocess(
@@ -187,16 +178,16 @@ class Detector:
         max_detections: int | None = None,
     ) -> list[ImageDetections]:
         """Raw outputs → detections in pixels; ``sizes`` holds each image's (height, width)."""
-        raw = postprocess(
-            box_codes.float(),
-            class_logits.float(),
-            self.anchors.to(box_codes.device),
+        return detections_in_pixels(
+            box_codes,
+            class_logits,
+            self.anchors,
+            self.spec.postprocessing,
+            self.spec.labels,
+            sizes,
             score_threshold=score_threshold,
-            iou_threshold=self._nms_iou,
-            max_detections=min(max_detections or self._max_detections, self._max_detections),
-            clip_boxes=self._clip_boxes,
+            max_detections=max_detections,
         )
-        return [self._to_pixels(r, height, width) for r, (height, width) in zip(raw, sizes, strict=True)]
 
     def detect_arrays(
         self,
@@ -218,7 +209,7 @@ class Detector:
         *,
         score_threshold: float = defaults.SCORE_THRESHOLD,
         max_detections: int | None = None,
-        batch_size: int = 8,
+        batch_size: int = defaults.DETECT_BATCH_SIZE,
     ) -> list[ImageDetections]:
         """Detect objects in one image or a sequence of them; always returns one result per image, in order.
 
@@ -229,21 +220,12 @@ class Detector:
             raise ValueError(f"score_threshold must be in [0, 1], got {score_threshold}")
         if max_detections is not None and max_detections < 1:
             raise ValueError(f"max_detections must be at least 1, got {max_detections}")
-        if isinstance(images, (str, Path, bytes, bytearray, memoryview, np.ndarray)) or not isinstance(
+        one = isinstance(images, (str, Path, bytes, bytearray, memoryview, np.ndarray)) or not isinstance(
             images, Sequence
-        ):
-            images = [images]
+        )
+        items = [cast(ImageInput, images)] if one else cast(Sequence[ImageInput], images)
         results: list[ImageDetections] = []
-        for start in range(0, len(images), batch_size):
-            arrays = [load_image(image) for image in images[start : start + batch_size]]
+        for start in range(0, len(items), batch_size):
+            arrays = [load_image(image) for image in items[start : start + batch_size]]
             results += self.detect_arrays(arrays, score_threshold=score_threshold, max_detections=max_detections)
         return results
-
-    def _to_pixels(self, raw: RawDetections, height: int, width: int) -> ImageDetections:
-        scale = torch.tensor([width, height, width, height], dtype=raw.boxes.dtype, device=raw.boxes.device)
-        boxes = (raw.boxes * scale).tolist()
-        detections = [
-            Detection(label=self.spec.labels[label], class_id=label, score=score, box=tuple(box))
-            for box, score, label in zip(boxes, raw.scores.tolist(), raw.labels.tolist(), strict=True)
-        ]
-        return ImageDetections(width=width, height=height, detections=detections)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from torchvision.models._meta import _COCO_CATEGORIES
+from torchvision.models.detection import FasterRCNN_ResNet50_FPN_Weights
 
 BACKGROUND = "background"
 
-# COCO 2017's 80 categories at their official ids 1..90; the ten unused ids are "N/A" (as in torchvision).
-COCO_LABELS: tuple[str, ...] = (BACKGROUND, *_COCO_CATEGORIES[1:])
+# COCO 2017's 80 categories at their official ids 1..90; the ten unused ids are "N/A" (as in torchvision, whose
+# detection weights publish the list: index = category id, index 0 "__background__").
+COCO_LABELS: tuple[str, ...] = (BACKGROUND, *FasterRCNN_ResNet50_FPN_Weights.COCO_V1.meta["categories"][1:])
 PERSON_LABELS: tuple[str, ...] = (BACKGROUND, "person")
 
 

@@ -93,6 +93,7 @@ class SSDLite(nn.Module):
         self.head = head
         self.image_size = image_size
         self.num_classes = num_classes
+        self.anchors: torch.Tensor
         self.register_buffer("anchors", anchors, persistent=False)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

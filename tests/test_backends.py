@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from detector.backends import BackendUnavailable, build_backend
 from detector.backends.accuracy import MATCH_SCORE, compare_detections
-from detector.export import RAW_TOLERANCE, check_batch, max_abs_diff
-from detector.inference import Detection, ImageDetections
-from tests.photos import photo
+from detector.backends.factory import build_backend
+from detector.backends.onnx import RAW_TOLERANCE, check_batch, max_abs_diff
+from detector.errors import BackendUnavailable
+from detector.results import Detection, ImageDetections
+from detector.samples import photo
 
 PERSON_PHOTOS = ("astronaut.png", "camera.png", "grace_hopper.jpg", "coffee.png")
 
@@ -67,8 +68,8 @@ def test_detector_on_another_backend_detects_the_same(person_detector, photos):
 
     fast = Detector.from_weights(backend="onnxruntime")
     info = fast.info()
-    assert info["backend"] == "onnxruntime" and info["backend_engine"]["engine"] == "onnxruntime"
-    assert info["backend_reason"]
+    assert info.backend == "onnxruntime" and info.backend_engine["engine"] == "onnxruntime"
+    assert info.backend_reason
     for got, want in zip(fast.detect(photos), person_detector.detect(photos), strict=True):
         assert len(got.detections) == len(want.detections)
         for a, b in zip(got.detections, want.detections, strict=True):
@@ -103,7 +104,7 @@ def test_absent_engines_fall_back_to_torch(person_detector, monkeypatch, tmp_pat
             build_backend(name, person_detector.model)
     with pytest.raises(BackendUnavailable, match="CUDA"):
         build_backend("torch-fp16", person_detector.model)
-    backend, choice = selection.select_backend(person_detector, use_cache=False)
+    backend, choice = selection.select_backend(person_detector.model, person_detector.spec, use_cache=False)
     assert choice.name == "torch" and backend.name == "torch"
     verdicts = {c.name: c for c in choice.candidates}
     assert verdicts["onnxruntime"].accuracy.startswith("unavailable") and not verdicts["openvino"].eligible
@@ -117,13 +118,13 @@ def test_auto_remembers_its_choice_per_machine(person_detector, photos, monkeypa
     measured = []
     measure = selection.measure_backends
     monkeypatch.setattr(selection, "measure_backends", lambda *a, **k: measured.append(1) or measure(*a, **k))
-    _, first = selection.select_backend(person_detector)
+    _, first = selection.select_backend(person_detector.model, person_detector.spec)
     assert (tmp_path / selection.CACHE_FILE).is_file() and len(measured) == 1
-    backend, again = selection.select_backend(person_detector)
+    backend, again = selection.select_backend(person_detector.model, person_detector.spec)
     assert again == first and backend.name == "torch" and len(measured) == 1
     # Measured without photographs: a caller bringing some gets a fresh measurement, which then serves everyone.
-    selection.select_backend(person_detector, photos[:1])
-    selection.select_backend(person_detector)
+    selection.select_backend(person_detector.model, person_detector.spec, photos[:1])
+    selection.select_backend(person_detector.model, person_detector.spec)
     assert len(measured) == 2
 
 
@@ -131,7 +132,7 @@ def test_reduced_precision_is_refused_without_photographs(person_detector):
     pytest.importorskip("openvino")
     from detector.backends import selection
 
-    table, _ = selection.measure_backends(person_detector, names=["torch", "openvino-bf16"])
+    table, _ = selection.measure_backends(person_detector.model, person_detector.spec, names=["torch", "openvino-bf16"])
     bf16 = table[1]
     assert not bf16.eligible and ("no photographs" in bf16.accuracy or "unavailable" in bf16.accuracy)
     assert table[0].eligible and table[0].ms_per_image > 0

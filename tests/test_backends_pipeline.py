@@ -10,7 +10,7 @@ from PIL import Image
 from detector import images
 from detector.postprocess import postprocess
 from detector.preprocess import preprocess, resize_bilinear_legacy
-from tests.photos import photo
+from detector.samples import photo
 
 
 def _reference_preprocess(arrays, size=300, scale=2.0 / 255.0, offset=-1.0):

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.photos import photo
+from detector.samples import photo
 
 pytestmark = pytest.mark.slow
 

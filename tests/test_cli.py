@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from detector.cli import main
-from tests.photos import photo
+from detector.samples import photo
 
 
 @dataclass
@@ -122,10 +122,10 @@ def test_convert_tf_refuses_garbage(run, tmp_path, content):
 
 
 def test_info_on_truncated_weights(run, tmp_path):
-    from detector.builtin import builtin_weights
+    from detector.builtin import builtin_path
 
     cut = tmp_path / "cut.safetensors"
-    cut.write_bytes(Path(builtin_weights()).read_bytes()[:1000])
+    cut.write_bytes(builtin_path("person").read_bytes()[:1000])
     result = run("info", "--weights", str(cut))
     assert result.returncode == 1 and "not a readable safetensors file" in result.stderr
     assert "Traceback" not in result.stderr

@@ -10,9 +10,10 @@ import torch
 from PIL import Image
 
 from detector.cli import main
-from detector.data import TrainingSet, load_dataset, read_coco_file, ssd_augmentation, to_network_input
 from detector.errors import DatasetError
-from detector.synthetic import make_split
+from detector.training.coco import load_dataset, read_coco_file
+from detector.training.pipeline import TrainingSet, ssd_augmentation, to_network_input
+from detector.training.synthetic import make_split
 
 
 @pytest.fixture()

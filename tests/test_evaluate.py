@@ -12,10 +12,11 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from detector.cli import main
-from detector.data import coco_api, load_dataset, read_coco_file
-from detector.evaluate import STAT_NAMES, category_map, coco_evaluate, per_category_ap
-from detector.synthetic import make_split
-from detector.weights import ModelSpec, build_model, save_weights
+from detector.spec import ModelSpec
+from detector.training.coco import coco_api, load_dataset, read_coco_file
+from detector.training.evaluate import STAT_NAMES, category_map, coco_evaluate, per_category_ap
+from detector.training.synthetic import make_split
+from detector.weights import build_model, save_weights
 
 
 @pytest.fixture(scope="module")
@@ -173,13 +174,13 @@ def test_missing_images_are_left_out_and_counted(val_set, tmp_path):
 
 
 def test_evaluation_detections_are_the_detector_api_s(val_set):
-    from detector.data import read_rgb
-    from detector.evaluate import evaluate
     from detector.inference import Detector
+    from detector.training.coco import read_rgb
+    from detector.training.evaluate import evaluate
 
     images, annotations = val_set
     spec = ModelSpec(num_classes=4, labels=("background", "circle", "square", "triangle"), image_size=96)
-    detector = Detector(build_model(spec), spec)
+    detector = Detector.from_model(build_model(spec), spec)
     dataset = load_dataset(images, annotations, for_training=False, log=lambda _: None)
     result = evaluate(detector, dataset, batch_size=4, progress=False, log=lambda _: None)
     expected = []

@@ -5,7 +5,9 @@ import pytest
 import torch
 
 from detector import cli
-from detector.export import RAW_TOLERANCE, ExportError, check_batch, export
+from detector.backends.onnx import RAW_TOLERANCE, check_batch
+from detector.errors import ExportError
+from detector.export import export
 
 
 @pytest.fixture(scope="module")
@@ -40,12 +42,15 @@ def test_openvino_export_writes_ir_and_matches_eager(tmp_path, model):
 def test_export_refuses_a_file_that_disagrees_with_eager(tmp_path, model, monkeypatch):
     from detector import export as export_module
 
-    def off_by_one(path, format, batch):
-        with torch.inference_mode():
-            codes, logits = model(torch.from_numpy(batch))
-        return codes + 1, logits
+    def off_by_one(path, format):
+        def run(batch):
+            with torch.inference_mode():
+                codes, logits = model(batch)
+            return codes + 1, logits
 
-    monkeypatch.setattr(export_module, "_run_exported", off_by_one)
+        return run
+
+    monkeypatch.setattr(export_module, "_engine_for", off_by_one)
     out = tmp_path / "bad.onnx"
     with pytest.raises(ExportError, match="differs from eager PyTorch"):
         export(model, out, format="onnx")

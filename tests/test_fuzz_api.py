@@ -8,9 +8,6 @@ query parameters, and chunked uploads. Every status seen is printed (run with ``
 from __future__ import annotations
 
 import collections
-import io
-import struct
-import zlib
 
 import httpx
 import pytest
@@ -18,27 +15,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from tests.photos import photo
+from detector.samples import photo
+from tests.support import encode, png_header_only
 
 pytestmark = pytest.mark.slow
 
 SEEN: collections.Counter[int] = collections.Counter()
 
 
-def _png(width: int, height: int) -> bytes:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 32)) + chunk(b"IEND", b"")
-    )
-
-
 def _tiny(fmt: str) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (9, 7), (200, 30, 60)).save(buffer, format=fmt)
-    return buffer.getvalue()
+    return encode(Image.new("RGB", (9, 7), (200, 30, 60)), fmt)
 
 
 SEEDS = [_tiny(f) for f in ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP")]
@@ -72,7 +58,7 @@ image_bytes = st.one_of(
     st.binary(max_size=2048),
     mutated(),
     st.sampled_from(SEEDS),
-    st.builds(_png, st.integers(0, 2**31 - 1), st.integers(0, 2**31 - 1)),
+    st.builds(lambda w, h: png_header_only(w, h, filler=32), st.integers(0, 2**31 - 1), st.integers(0, 2**31 - 1)),
 )
 
 
@@ -109,7 +95,9 @@ TYPED_SEEDS = [
 ]
 valid_body = st.one_of(
     st.sampled_from([*TYPED_SEEDS, (SMALL_PHOTO, "image/jpeg")]),
-    st.builds(lambda w, h: (_png(w, h), "image/png"), st.integers(1, 100_000), st.integers(1, 100_000)),
+    st.builds(
+        lambda w, h: (png_header_only(w, h, filler=32), "image/png"), st.integers(1, 100_000), st.integers(1, 100_000)
+    ),
 )
 params = st.dictionaries(
     st.sampled_from(["score_threshold", "max_detections", "labels", "format", "other"]),

@@ -11,8 +11,7 @@ import pytest
 import torch
 
 from detector.images import load_image
-from tests.photos import PHOTOS, people_mosaic, photo
-from tests.synthetic import SYNTHETIC, synthetic_image
+from detector.samples import PHOTOS, SYNTHETIC, people_mosaic, photo, synthetic_image
 
 IMAGES = [name for name, *_ in SYNTHETIC] + list(PHOTOS) + ["people_mosaic"]
 TF_TO_OURS = [1, 0, 3, 2]  # [ty, tx, th, tw] → [tx, ty, tw, th]; [ymin, xmin, ymax, xmax] → xyxy

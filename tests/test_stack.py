@@ -21,8 +21,8 @@ import urllib.request
 import numpy as np
 import pytest
 
-from benchmarks.stack import Stack, failure_drill, find_nginx
-from tests.photos import photo
+from api.testing.stack import Stack, failure_drill, find_nginx
+from detector.samples import photo
 
 pytestmark = pytest.mark.slow
 

@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from detector.cli import main
-from detector.data import read_coco_file
-from detector.synthetic import SHAPES, SceneSettings, make_dataset, make_scene
+from detector.training.coco import read_coco_file
+from detector.training.synthetic import SHAPES, SceneSettings, make_dataset, make_scene
 
 
 def _digests(root) -> dict[str, str]:

@@ -1,12 +1,15 @@
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 from tensorboard.compat.proto import graph_pb2
 from tensorboard.util import tensor_util
 
+from detector.convert.tf_graph import import_tf_graph, read_graph
+from detector.convert.variables import variable_map
 from detector.errors import GraphImportError
 from detector.labels import COCO_LABELS
-from detector.tf_import import import_tf_graph, read_graph, variable_map
 
 
 def _write(graph: graph_pb2.GraphDef, path):
@@ -28,7 +31,11 @@ def test_imports_published_person_graph(published_graph):
     model, spec = import_tf_graph(published_graph)
     assert spec.num_classes == 2 and spec.labels == ("background", "person")
     assert spec.image_size == 300
-    assert spec.postprocessing == {"nms_iou_threshold": 0.6, "max_detections": 100, "clip_boxes": "after_nms"}
+    assert dataclasses.asdict(spec.postprocessing) == {
+        "nms_iou_threshold": 0.6,
+        "max_detections": 100,
+        "clip_boxes": "after_nms",
+    }
     # Every state-dict tensor except BN's step counters comes from a TF variable.
     keys = {v.torch_key for v in variable_map(model)}
     assert keys == {k for k in model.state_dict() if not k.endswith("num_batches_tracked")}

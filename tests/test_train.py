@@ -10,20 +10,20 @@ import torchvision
 from safetensors.torch import load_file
 
 from detector.inference import Detector
-from detector.loss import match_anchors, ssd_loss
 from detector.model import ssdlite_mobilenet_v2
-from detector.synthetic import make_dataset
-from detector.train import (
-    TrainConfig,
+from detector.spec import ModelSpec
+from detector.training.checkpoint import load_checkpoint
+from detector.training.config import TrainConfig
+from detector.training.initialization import (
     class_logit_layers,
     init_class_prior,
-    load_checkpoint,
     load_imagenet_backbone,
-    train,
     transfer_weights,
-    warmup_cosine,
 )
-from detector.weights import ModelSpec, build_model
+from detector.training.loss import match_anchors, ssd_loss
+from detector.training.synthetic import make_dataset
+from detector.training.train import train, warmup_cosine
+from detector.weights import build_model
 
 SMALL = {"image_size": 96, "width_mult": 0.35}
 
@@ -150,7 +150,8 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(shapes, tmp_path)
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
     checkpoint = load_checkpoint(resumed.checkpoint)
-    assert checkpoint["epoch"] == 2  # ... and continued and [row["epoch"] for row in checkpoint["history"]] == [1, 2]
+    assert checkpoint["epoch"] == 2  # ... and continued
+    assert [row["epoch"] for row in checkpoint["history"]] == [1, 2]
     log = (tmp_path / "split" / "train_log.csv").read_text().splitlines()
     assert log[0].startswith("epoch,lr,loss") and len(log) == 3
 

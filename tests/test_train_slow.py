@@ -16,7 +16,7 @@ import pytest
 
 from detector.cli import main
 from detector.inference import Detector
-from detector.train import load_checkpoint
+from detector.training.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.slow
 

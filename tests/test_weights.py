@@ -8,7 +8,8 @@ from safetensors.torch import save_file
 from detector.errors import WeightsError
 from detector.labels import default_labels
 from detector.model import ssdlite_mobilenet_v2
-from detector.weights import METADATA_KEY, ModelSpec, load_weights, save_weights
+from detector.spec import ModelSpec
+from detector.weights import METADATA_KEY, load_weights, save_weights
 
 
 @pytest.fixture(scope="module")

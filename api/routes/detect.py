@@ -128,7 +128,7 @@ async def detect(request: Request, service: ServiceDep, settings: SettingsDep, p
     info = service.require_model().info()
     body = {
         "request_id": request.state.request_id,
-        "model": {"name": info["name"], "version": info["version"]},
+        "model": {"name": info.name, "version": info.version},
         "results": [result.to_dict() for result in outcome.results],
         "timings_ms": {
             "decode": round(outcome.decode_s * 1000, 2),

@@ -2,29 +2,41 @@
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
 
 from fastapi import APIRouter
+from pydantic import BaseModel
 
 from api.deps import ServiceDep, SettingsDep
+from detector.results import ModelInfo
 
 router = APIRouter(tags=["model"])
 
 
+class ServingOut(BaseModel):
+    """How this service runs the model: the backend asked for, batching, limits, threads."""
+
+    backend: str
+    max_batch_size: int
+    max_wait_ms: float
+    queue_size: int
+    request_timeout_s: float
+    threads: int
+    max_body_bytes: int
+    max_pixels: int
+    max_images_per_request: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelOut(ModelInfo):
+    """The model (:class:`detector.results.ModelInfo`) and how the service runs it."""
+
+    serving: ServingOut
+
+
 @router.get("/v1/model", summary="The model: name, labels, input size, weights digest, batching settings")
-async def model(service: ServiceDep, settings: SettingsDep) -> dict[str, Any]:
+async def model(service: ServiceDep, settings: SettingsDep) -> ModelOut:
     """The detector's own description plus how this service runs it."""
-    info = dict(service.require_model().info())
-    info.setdefault("backend", "pytorch")
-    info["serving"] = {
-        "backend": settings.backend,
-        "max_batch_size": settings.max_batch_size,
-        "max_wait_ms": settings.max_wait_ms,
-        "queue_size": settings.queue_size,
-        "request_timeout_s": settings.request_timeout_s,
-        "threads": settings.threads,
-        "max_body_bytes": settings.max_body_bytes,
-        "max_pixels": settings.max_pixels,
-        "max_images_per_request": settings.max_images_per_request,
-    }
-    return info
+    info = service.require_model().info()
+    serving = ServingOut(**settings.model_dump(include=set(ServingOut.model_fields)))
+    return ModelOut(**{f.name: getattr(info, f.name) for f in dataclasses.fields(info)}, serving=serving)

@@ -1,6 +1,6 @@
 """The accuracy bar a backend must meet before ``auto`` may choose it.
 
-fp32 engines: raw outputs within 1e-3 of eager PyTorch (:data:`detector.export.RAW_TOLERANCE`). Reduced precision
+fp32 engines: raw outputs within 1e-3 of eager PyTorch (:data:`detector.backends.onnx.RAW_TOLERANCE`). Reduced precision
 (bf16, fp16, int8): on real photographs, every detection above 0.3 of either side has a partner of the same class
 on the other side (scored down to 0.3 − 0.02, so a score crossing the threshold inside the tolerance is no miss)
 with every box edge within 2 px and the score within 0.02.
@@ -8,10 +8,11 @@ with every box edge within 2 px and the score within 0.02.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from detector.inference import ImageDetections
+from detector.results import Detection, ImageDetections
 
 MIN_SCORE = 0.3
 BOX_TOLERANCE_PX = 2.0
@@ -61,6 +62,10 @@ def _box_diff(a: tuple[float, ...], b: tuple[float, ...]) -> float:
     return max(abs(x - y) for x, y in zip(a, b, strict=True))
 
 
+def _box_distance(det: Detection, other: Detection) -> float:
+    return _box_diff(det.box, other.box)
+
+
 def compare_detections(
     reference: Sequence[ImageDetections], candidate: Sequence[ImageDetections], names: Sequence[str] | None = None
 ) -> Agreement:
@@ -80,7 +85,7 @@ def compare_detections(
                 if not partners:
                     misses.append(f"{name}: {det.label} {det.score:.3f}")
                     continue
-                best = min(partners, key=lambda other, det=det: _box_diff(det.box, other.box))
+                best = min(partners, key=functools.partial(_box_distance, det))
                 box_px, score_diff = _box_diff(det.box, best.box), abs(det.score - best.score)
                 if box_px > BOX_TOLERANCE_PX or score_diff > SCORE_TOLERANCE:
                     misses.append(f"{name}: {det.label} {det.score:.3f} (box {box_px:.1f} px, score {score_diff:.3f})")

@@ -8,21 +8,23 @@ ORT's quantizer needs nothing beyond the ``fast`` extra, where NNCF would pull i
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import tempfile
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 import torch
 
-from detector.backends import BackendUnavailable, as_outputs
-from detector.export import INPUT_NAME, OUTPUT_NAMES, cached_onnx
+from detector.backends.onnx import INPUT_NAME, OUTPUT_NAMES, as_outputs, cached_onnx
+from detector.cache import atomic_path
+from detector.errors import BackendUnavailable
 from detector.model import SSDLite
 
-PRECISIONS = ("f32", "bf16", "int8")
+Precision = Literal["f32", "bf16", "int8"]
+PRECISIONS: tuple[Precision, ...] = get_args(Precision)
 
 
 def cpu_supports_bf16() -> bool:
@@ -33,15 +35,16 @@ def cpu_supports_bf16() -> bool:
 
 
 class OpenVinoBackend:
-    """Compiles the network's ONNX export for OpenVINO's CPU plugin, tuned for latency (one stream, all cores).
+    """Compiles an ONNX file or IR of the network for OpenVINO's CPU plugin, tuned for latency (one stream, all
+    cores).
 
     Args:
-        model: the eval-mode network.
+        path: the network (:mod:`detector.backends.onnx`'s layout), as .onnx or OpenVINO .xml; for "int8", already
+            quantized (see :meth:`for_model`).
         precision: "f32", "bf16" or "int8".
-        calibration: preprocessed batches (N, 3, S, S) for "int8" (at least one image).
     """
 
-    def __init__(self, model: SSDLite, *, precision: str = "f32", calibration: Sequence[np.ndarray] = ()):
+    def __init__(self, path: str | Path, *, precision: Precision = "f32"):
         try:
             import openvino as ov
         except ImportError:
@@ -53,11 +56,10 @@ class OpenVinoBackend:
         self.precision = precision
         self.name = "openvino" if precision == "f32" else f"openvino-{precision}"
         self._version = ov.get_version()
-        source = cached_onnx(model) if precision != "int8" else quantized_onnx(model, calibration)
         # int8: the operations left in float (the head's outputs, ...) run in fp32, not the bf16 default.
         hint = "bf16" if precision == "bf16" else "f32"
         self._compiled = ov.Core().compile_model(
-            str(source),
+            str(path),
             "CPU",
             {
                 "PERFORMANCE_HINT": "LATENCY",
@@ -70,6 +72,17 @@ class OpenVinoBackend:
         self._outputs = [self._compiled.output(name) for name in OUTPUT_NAMES]
         self._lock = threading.Lock()  # one infer request: calls from several threads take turns
 
+    @classmethod
+    def for_model(
+        cls, model: SSDLite, *, precision: Precision = "f32", calibration: Sequence[torch.Tensor] = ()
+    ) -> OpenVinoBackend:
+        """The backend for ``model``'s cached ONNX export; "int8" quantizes it first on ``calibration``
+        (preprocessed batches (N, 3, S, S), at least one image)."""
+        if precision not in PRECISIONS:
+            raise BackendUnavailable(f"unknown OpenVINO precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+        path = quantized_onnx(model, calibration) if precision == "int8" else cached_onnx(model)
+        return cls(path, precision=precision)
+
     def __call__(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         inputs = {INPUT_NAME: np.ascontiguousarray(batch.cpu().numpy(), dtype=np.float32)}
         with self._lock:
@@ -81,7 +94,7 @@ class OpenVinoBackend:
         return {"engine": "openvino", "version": self._version, "device": "cpu", "precision": self.precision}
 
 
-def quantized_onnx(model: SSDLite, calibration: Sequence[np.ndarray]) -> Path:
+def quantized_onnx(model: SSDLite, calibration: Sequence[torch.Tensor]) -> Path:
     """Path of the INT8 (QDQ) ONNX graph calibrated on ``calibration``, quantizing on first use (about 5 s).
 
     Cached per network and calibration data. Each calibration image is also fed mirrored, doubling the few
@@ -128,7 +141,6 @@ def quantized_onnx(model: SSDLite, calibration: Sequence[np.ndarray]) -> Path:
             weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
         )
-        staged = target.with_name(f"{target.name}.{os.getpid()}.tmp")
-        shutil.move(out, staged)
-        staged.replace(target)  # atomic: concurrent replicas never read a half-written file
+        with atomic_path(target) as staged:  # concurrent replicas never read a half-written file
+            shutil.move(out, staged)
     return target

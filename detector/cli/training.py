@@ -1,48 +1,37 @@
-"""The ``evaluate``, ``train`` and ``make-dataset`` sub-commands, registered in :mod:`detector.cli`.
+"""Sub-commands for data and training: ``evaluate``, ``train`` and ``make-dataset``.
 
-They follow the CLI's pattern (``_add_<name>`` declares the arguments, ``_run_<name>`` does the work and returns the
-exit status) and keep the heavy imports (torch, pycocotools) inside the run functions. Under ``torchrun`` only rank
-0 prints results and writes files.
+The heavy imports (torch, pycocotools) stay inside the run functions, so ``detector --help`` is quick. Under
+``torchrun`` only rank 0 prints results and writes files.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
-import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from detector import defaults
+from detector.cli.common import EXIT_OK, add_weights_option, log, non_negative_int, positive_float, positive_int, score
+from detector.cli.models import installed_weights
 from detector.errors import DetectorError
 
-EXIT_OK = 0
+if TYPE_CHECKING:
+    from detector.cli.common import Subparsers
 
 
-def _validators():
-    from detector.cli import _positive_int, _score
-
-    return _positive_int, _score
-
-
-def _positive_float(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
-    if not number > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
-    return number
-
-
-def _log(message: str) -> None:
-    print(message, file=sys.stderr)
+def add_commands(subparsers: Subparsers) -> None:
+    """Register this module's sub-commands."""
+    _add_evaluate(subparsers)
+    _add_train(subparsers)
+    _add_make_dataset(subparsers)
 
 
 # --- evaluate -----------------------------------------------------------------------------------------------------
 
 
-def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
-    positive_int, score = _validators()
+def _add_evaluate(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser(
         "evaluate",
         help="COCO mAP of a model on a COCO-format data set (pycocotools)",
@@ -53,7 +42,7 @@ def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--images", type=Path, required=True, help="folder holding the images (file_name paths)")
     parser.add_argument("--annotations", type=Path, required=True, help="COCO instances JSON")
-    parser.add_argument("--weights", type=Path, help="weights file (default: the built-in person model)")
+    add_weights_option(parser)
     parser.add_argument("--out", type=Path, help="folder for detections.json, metrics.json and summary.txt")
     parser.add_argument(
         "--score-threshold",
@@ -62,31 +51,39 @@ def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
         help="keep detections above this score (default: %(default)s; mAP wants nearly all of them)",
     )
     parser.add_argument("--batch-size", type=positive_int, default=defaults.EVAL_BATCH_SIZE, help="images per pass")
-    parser.add_argument("--workers", type=int, default=2, help="image-reading processes (default: %(default)s)")
+    parser.add_argument(
+        "--workers",
+        type=non_negative_int,
+        default=defaults.DATA_WORKERS,
+        help="image-reading processes (default: %(default)s)",
+    )
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: %(default)s)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(run=_run_evaluate)
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from detector.data import load_dataset
-    from detector.distributed import init_distributed, local_device, shutdown
-    from detector.evaluate import evaluate, format_category_table, write_results
     from detector.inference import Detector
+    from detector.training.coco import load_dataset
+    from detector.training.distributed import broadcast_from_main, init_distributed, local_device, shutdown
+    from detector.training.evaluate import evaluate, format_category_table, write_results
 
     world = init_distributed(args.device)
     try:
-        log = _log if world.is_main else (lambda message: None)
-        detector = Detector.from_weights(args.weights, device=local_device(args.device, world))
-        dataset = load_dataset(args.images, args.annotations, for_training=False, log=log)
+        say = log if world.is_main else (lambda message: None)
+        # Rank 0 installs a missing built-in model; the others wait for its path.
+        weights = installed_weights(args.weights) if world.is_main else None
+        detector = Detector.from_weights(broadcast_from_main(weights, world), device=local_device(args.device, world))
+        dataset = load_dataset(args.images, args.annotations, for_training=False, log=say)
         result = evaluate(
             detector,
             dataset,
             score_threshold=args.score_threshold,
             batch_size=args.batch_size,
-            workers=max(0, args.workers),
+            workers=args.workers,
             world=world,
             progress=not args.no_progress,
-            log=log,
+            log=say,
         )
         if result is None:
             return EXIT_OK
@@ -96,14 +93,14 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         print(json.dumps(result.stats))
         if args.out:
             extra = {
-                "weights": str(args.weights) if args.weights else "built-in person model",
+                "weights": args.weights or f"built-in {defaults.MODEL} model",
                 "weights_sha256": detector.digest,
                 "annotations": str(args.annotations),
                 "score_threshold": args.score_threshold,
                 "processes": world.size,
             }
             paths = write_results(result, args.out, extra)
-            log("wrote " + ", ".join(str(p) for p in paths))
+            say("wrote " + ", ".join(str(p) for p in paths))
         return EXIT_OK
     finally:
         shutdown(world)
@@ -112,8 +109,10 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 # --- train --------------------------------------------------------------------------------------------------------
 
 
-def _add_train(subparsers: argparse._SubParsersAction) -> None:
-    positive_int, score = _validators()
+def _add_train(subparsers: Subparsers) -> None:
+    from detector.training.config import OPTIMIZERS
+    from detector.training.pipeline import AUGMENTATIONS
+
     parser = subparsers.add_parser(
         "train",
         help="train or fine-tune on COCO-format data (one process or torchrun)",
@@ -123,29 +122,32 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
         "and OUT/model.safetensors (our weights format), logs OUT/train_log.csv and TensorBoard events. Under "
         "`torchrun --nproc_per_node N` trains with DistributedDataParallel; --batch-size is per process.",
     )
+    # Every dest is the name of the TrainConfig field it fills (see _run_train).
     parser.add_argument("--train-images", type=Path, required=True, help="folder of the training images")
     parser.add_argument("--train-annotations", type=Path, required=True, help="COCO instances JSON for training")
     parser.add_argument("--val-images", type=Path, help="folder of the validation images")
     parser.add_argument("--val-annotations", type=Path, help="COCO instances JSON for validation (evaluated)")
-    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument("--out", dest="out_dir", type=Path, required=True, help="output folder")
     init = parser.add_mutually_exclusive_group()
     init.add_argument(
-        "--weights", help="start from these weights ('builtin': the built-in person model); default: from scratch"
+        "--weights",
+        metavar="NAME|FILE",
+        help="start from a built-in model ('builtin': the default one) or a weights file; default: from scratch",
     )
     init.add_argument("--imagenet", type=Path, help="torchvision mobilenet_v2 ImageNet state_dict file (.pth)")
     init.add_argument("--resume", type=Path, help="continue from a checkpoint.pt written by a previous run")
     parser.add_argument(
         "--image-size", type=positive_int, default=defaults.IMAGE_SIZE, help="network input (default: %(default)s)"
     )
-    parser.add_argument("--width-mult", type=_positive_float, default=1.0, help="MobileNetV2 width (from scratch)")
+    parser.add_argument("--width-mult", type=positive_float, default=1.0, help="MobileNetV2 width (from scratch)")
     parser.add_argument("--epochs", type=positive_int, default=defaults.TRAIN_EPOCHS, help="(default: %(default)s)")
     parser.add_argument(
         "--batch-size", type=positive_int, default=defaults.TRAIN_BATCH_SIZE, help="per process (default: %(default)s)"
     )
     parser.add_argument(
-        "--lr", type=_positive_float, default=defaults.TRAIN_LEARNING_RATE, help="peak rate (default: %(default)s)"
+        "--lr", type=positive_float, default=defaults.TRAIN_LEARNING_RATE, help="peak rate (default: %(default)s)"
     )
-    parser.add_argument("--optimizer", choices=("sgd", "rmsprop"), default=defaults.TRAIN_OPTIMIZER)
+    parser.add_argument("--optimizer", choices=OPTIMIZERS, default=defaults.TRAIN_OPTIMIZER)
     parser.add_argument("--momentum", type=float, default=defaults.TRAIN_MOMENTUM, help="(default: %(default)s)")
     parser.add_argument(
         "--weight-decay", type=float, default=defaults.TRAIN_WEIGHT_DECAY, help="(default: %(default)s)"
@@ -155,11 +157,16 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--augmentation",
-        choices=("ssd", "ssdlite", "flip", "none"),
+        choices=AUGMENTATIONS,
         default=defaults.TRAIN_AUGMENTATION,
         help="ssd: photometric + zoom out + IoU crop + flip; ssdlite: IoU crop + flip (default: %(default)s)",
     )
-    parser.add_argument("--workers", type=int, default=2, help="data-loading processes per rank (default: 2)")
+    parser.add_argument(
+        "--workers",
+        type=non_negative_int,
+        default=defaults.DATA_WORKERS,
+        help="data-loading processes per rank (default: %(default)s)",
+    )
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
     parser.add_argument(
         "--amp", action=argparse.BooleanOptionalAction, default=None, help="mixed precision (default: on for CUDA)"
@@ -175,51 +182,24 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
         "--stop-after", type=positive_int, help="end this run after N epochs (time-sliced jobs); --resume continues"
     )
     parser.add_argument("--name", default="ssdlite-mobilenet-v2", help="model name recorded in the weights")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    parser.set_defaults(run=_run_train)
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from detector.train import TrainConfig, train
+    from detector.training.config import TrainConfig
+    from detector.training.train import train
 
     if (args.val_images is None) != (args.val_annotations is None):
         raise DetectorError("--val-images and --val-annotations go together")
-    init, init_path = "scratch", None
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    options = {name: value for name, value in vars(args).items() if name in fields}
     if args.imagenet:
-        init, init_path = "imagenet", args.imagenet
+        options.update(init="imagenet", init_path=args.imagenet)
     elif args.weights:
-        init, init_path = "weights", None if args.weights == "builtin" else Path(args.weights)
-    config = TrainConfig(
-        train_images=args.train_images,
-        train_annotations=args.train_annotations,
-        val_images=args.val_images,
-        val_annotations=args.val_annotations,
-        out_dir=args.out,
-        init=init,
-        init_path=init_path,
-        image_size=args.image_size,
-        width_mult=args.width_mult,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        optimizer=args.optimizer,
-        momentum=args.momentum,
-        weight_decay=args.weight_decay,
-        warmup_steps=args.warmup_steps,
-        augmentation=args.augmentation,
-        workers=max(0, args.workers),
-        device=args.device,
-        amp=args.amp,
-        sync_bn=args.sync_bn,
-        eval_every=args.eval_every,
-        eval_at_start=args.eval_at_start,
-        eval_score_threshold=args.eval_score_threshold,
-        seed=args.seed,
-        resume=args.resume,
-        stop_after=args.stop_after,
-        name=args.name,
-        progress=not args.no_progress,
-    )
-    result = train(config)
+        weights = None if args.weights == "builtin" else args.weights
+        options.update(init="weights", init_path=installed_weights(weights))
+    result = train(TrainConfig(**options))
     if result.metrics:
         print(json.dumps({"weights": str(result.weights), **result.metrics}))
     return EXIT_OK
@@ -228,8 +208,9 @@ def _run_train(args: argparse.Namespace) -> int:
 # --- make-dataset -------------------------------------------------------------------------------------------------
 
 
-def _add_make_dataset(subparsers: argparse._SubParsersAction) -> None:
-    positive_int, score = _validators()
+def _add_make_dataset(subparsers: Subparsers) -> None:
+    from detector.training.synthetic import SHAPES
+
     parser = subparsers.add_parser(
         "make-dataset",
         help="write the deterministic synthetic shapes data set (COCO format)",
@@ -237,22 +218,33 @@ def _add_make_dataset(subparsers: argparse._SubParsersAction) -> None:
         "cluttered backgrounds. The same arguments always give the same files.",
     )
     parser.add_argument("out", type=Path, metavar="OUT")
-    parser.add_argument("--train", type=int, default=400, help="training images (default: %(default)s)")
-    parser.add_argument("--val", type=int, default=100, help="validation images (default: %(default)s)")
+    parser.add_argument(
+        "--train", type=non_negative_int, default=defaults.SYNTHETIC_TRAIN_IMAGES, help="training images (%(default)s)"
+    )
+    parser.add_argument(
+        "--val", type=non_negative_int, default=defaults.SYNTHETIC_VAL_IMAGES, help="validation images (%(default)s)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
     parser.add_argument(
         "--classes",
-        default="circle,square,triangle",
-        help="comma-separated, from circle, square, triangle, cross, ring",
+        default=",".join(defaults.SYNTHETIC_CLASSES),
+        help=f"comma-separated, from {', '.join(SHAPES)} (default: %(default)s)",
     )
-    parser.add_argument("--min-size", type=positive_int, default=96, help="smallest image side (default: 96)")
-    parser.add_argument("--max-size", type=positive_int, default=160, help="largest image side (default: 160)")
-    parser.add_argument("--max-objects", type=positive_int, default=4, help="objects per image, at most")
+    parser.add_argument(
+        "--min-size", type=positive_int, default=defaults.SYNTHETIC_MIN_SIZE, help="smallest image side (%(default)s)"
+    )
+    parser.add_argument(
+        "--max-size", type=positive_int, default=defaults.SYNTHETIC_MAX_SIZE, help="largest image side (%(default)s)"
+    )
+    parser.add_argument(
+        "--max-objects", type=positive_int, default=defaults.SYNTHETIC_MAX_OBJECTS, help="objects per image, at most"
+    )
     parser.add_argument("--gray-fraction", type=score, default=0.0, help="share of images saved as grayscale")
+    parser.set_defaults(run=_run_make_dataset)
 
 
 def _run_make_dataset(args: argparse.Namespace) -> int:
-    from detector.synthetic import SceneSettings, make_dataset
+    from detector.training.synthetic import SceneSettings, make_dataset
 
     if args.min_size > args.max_size:
         raise DetectorError(f"--min-size {args.min_size} is larger than --max-size {args.max_size}")

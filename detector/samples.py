@@ -1,0 +1,119 @@
+"""Sample images: real photographs taken from published wheels, and deterministic synthetic scenes.
+
+Photographs are never committed. scikit-image, matplotlib and ultralytics ship a few inside their wheels; the pinned
+wheels are fetched with ``pip download --no-deps`` (PyPI is the one source every machine here reaches; nothing is
+installed) and only the images are kept, in ``$DETECTOR_SAMPLES_DIR`` (default ``.cache/photos`` at the repository
+root of a source checkout, else the weights cache). ``detector backends`` judges reduced-precision engines on them,
+the tests and the benchmarks use them, and the golden-file scripts feed them to TensorFlow and TF.js. Only the
+standard library and numpy are needed, so the side environments of those scripts can import this module too.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+# name -> (wheel requirement, path inside the wheel); what a person sees in each.
+PHOTOS: dict[str, tuple[str, str]] = {
+    "astronaut.png": ("scikit-image==0.26.0", "skimage/data/astronaut.png"),  # a person, RGB PNG
+    "camera.png": ("scikit-image==0.26.0", "skimage/data/camera.png"),  # a person with a camera, grayscale PNG
+    "coffee.png": ("scikit-image==0.26.0", "skimage/data/coffee.png"),  # a cup on a table
+    "chelsea.png": ("scikit-image==0.26.0", "skimage/data/chelsea.png"),  # a cat
+    "motorcycle_left.png": ("scikit-image==0.26.0", "skimage/data/motorcycle_left.png"),  # a motorcycle
+    "rocket.jpg": ("scikit-image==0.26.0", "skimage/data/rocket.jpg"),  # a rocket on its pad, JPEG
+    "grace_hopper.jpg": ("matplotlib==3.11.2", "matplotlib/mpl-data/sample_data/grace_hopper.jpg"),  # a person
+}
+# Street scenes with several objects (ultralytics' own sample images, AGPL-3.0 package; fetched, never committed).
+STREET_PHOTOS: dict[str, tuple[str, str]] = {
+    "bus.jpg": ("ultralytics==8.4.190", "ultralytics/assets/bus.jpg"),  # a bus and four people
+    "zidane.jpg": ("ultralytics==8.4.190", "ultralytics/assets/zidane.jpg"),  # two people, a tie
+}
+ALL_PHOTOS = {**PHOTOS, **STREET_PHOTOS}
+
+# (name, height, width, seed): one at the network's size (resize is the identity), a landscape one, and an odd one.
+SYNTHETIC = (("synthetic_300x300", 300, 300, 1), ("synthetic_480x640", 480, 640, 2), ("synthetic_317x211", 317, 211, 3))
+
+
+def samples_dir() -> Path:
+    """Where extracted photographs are kept."""
+    if os.environ.get("DETECTOR_SAMPLES_DIR"):
+        return Path(os.environ["DETECTOR_SAMPLES_DIR"])
+    checkout = Path(__file__).resolve().parent.parent
+    if (checkout / "pyproject.toml").is_file():
+        return checkout / ".cache" / "photos"
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "ssdlite-detector" / "photos"
+
+
+def _extract(requirement: str, directory: Path) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--dest", tmp, requirement],
+            check=True,
+        )
+        (wheel,) = Path(tmp).glob("*.whl")
+        with zipfile.ZipFile(wheel) as archive:
+            for name, (req, member) in ALL_PHOTOS.items():
+                if req == requirement:
+                    staged = directory / f".{name}.{os.getpid()}.tmp"
+                    staged.write_bytes(archive.read(member))
+                    staged.replace(directory / name)
+
+
+def photo(name: str) -> Path:
+    """Path of a sample photograph, fetching its wheel on first use."""
+    if name not in ALL_PHOTOS:
+        raise KeyError(f"unknown photo {name!r}; known: {', '.join(ALL_PHOTOS)}")
+    directory = samples_dir()
+    path = directory / name
+    if not path.exists():
+        directory.mkdir(parents=True, exist_ok=True)
+        _extract(ALL_PHOTOS[name][0], directory)
+    return path
+
+
+def all_photos(names: dict[str, tuple[str, str]] | None = None) -> list[Path]:
+    """Paths of the photographs in ``names`` (default: every one), fetched where missing."""
+    return [photo(name) for name in names or ALL_PHOTOS]
+
+
+def synthetic_image(height: int, width: int, seed: int) -> np.ndarray:
+    """An (H, W, 3) uint8 image: a colour gradient, random rectangles and ellipses, and mild noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    image = np.stack([xx / max(width - 1, 1), yy / max(height - 1, 1), 0.5 + 0 * xx], axis=2) * 255.0
+    for _ in range(12):
+        color = rng.uniform(0, 255, size=3)
+        cy, cx = rng.uniform(0, height), rng.uniform(0, width)
+        ry, rx = rng.uniform(0.05, 0.3) * height, rng.uniform(0.05, 0.3) * width
+        if rng.random() < 0.5:
+            mask = (np.abs(yy - cy) < ry) & (np.abs(xx - cx) < rx)
+        else:
+            mask = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 < 1.0
+        image[mask] = color
+    image += rng.normal(0, 6.0, size=image.shape)
+    return np.clip(np.rint(image), 0, 255).astype(np.uint8)
+
+
+def synthetic_images() -> dict[str, np.ndarray]:
+    """The :data:`SYNTHETIC` images by name."""
+    return {name: synthetic_image(height, width, seed) for name, height, width, seed in SYNTHETIC}
+
+
+def people_mosaic() -> np.ndarray:
+    """Three photographs with a person each, side by side (512×1536 RGB): several detections in one image."""
+    from detector.images import load_image
+
+    tiles = [load_image(photo(name))[:512, :512] for name in ("astronaut.png", "camera.png", "grace_hopper.jpg")]
+    return np.concatenate(tiles, axis=1)
+
+
+if __name__ == "__main__":
+    for path in all_photos():
+        print(path)
