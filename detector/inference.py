@@ -142,7 +142,7 @@ class Detector:
             architecture=self.spec.architecture,
             input_size=(self.spec.image_size, self.spec.image_size),
             num_classes=self.spec.num_classes,
-            labels=list(self.spec.labels[1:]),
+            labels=list(self.spec.reported_labels),
             score_mode=self.spec.score_mode,
             weights_sha256=self.digest,
             source=self.spec.source,

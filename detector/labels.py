@@ -6,9 +6,13 @@ from torchvision.models.detection import FasterRCNN_ResNet50_FPN_Weights
 
 BACKGROUND = "background"
 
-# COCO 2017's 80 categories at their official ids 1..90; the ten unused ids are "N/A" (as in torchvision, whose
-# detection weights publish the list: index = category id, index 0 "__background__").
-COCO_LABELS: tuple[str, ...] = (BACKGROUND, *FasterRCNN_ResNet50_FPN_Weights.COCO_V1.meta["categories"][1:])
+# COCO 2017's 80 categories at their official ids 1..90, so a class index is the COCO category id. torchvision's
+# detection weights publish the list (index = category id, "__background__" at 0, "N/A" at the ten ids COCO 2017 does
+# not use); those ten stay empty here: a model may have outputs for them, but never reports them.
+COCO_LABELS: tuple[str, ...] = (
+    BACKGROUND,
+    *("" if name == "N/A" else name for name in FasterRCNN_ResNet50_FPN_Weights.COCO_V1.meta["categories"][1:]),
+)
 PERSON_LABELS: tuple[str, ...] = (BACKGROUND, "person")
 
 

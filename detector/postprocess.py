@@ -7,12 +7,13 @@ window (before NMS in the 2018 zoo graphs, after it in newer exports; zero-area 
 ``SSD.postprocess_detections`` uses softmax and clips first, so it is not reused; its ``batched_nms`` is.
 
 Filtering by the caller's score threshold before NMS gives the same detections above that threshold as TF's
-1e-8 candidate threshold: greedy NMS only lets a box suppress lower-scored ones.
+1e-8 candidate threshold: greedy NMS only lets a box suppress lower-scored ones. Classes with an empty label (COCO's
+ten unused category ids) are never reported.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -77,6 +78,10 @@ def _nms_first(
     return tuple(t[:max_detections] for t in _nms(boxes, scores, labels, iou_threshold, clip_after))
 
 
+# Boxes of candidates: (image indices, anchor indices) → (M, 4) xyxy normalized.
+CandidateBoxes = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
 def postprocess(
     box_codes: torch.Tensor,
     class_logits: torch.Tensor,
@@ -86,6 +91,7 @@ def postprocess(
     iou_threshold: float = defaults.NMS_IOU_THRESHOLD,
     max_detections: int = defaults.MAX_DETECTIONS,
     clip_boxes: ClipBoxes = "after_nms",
+    reported: torch.Tensor | None = None,
 ) -> list[RawDetections]:
     """Detections for each image of a batch.
 
@@ -95,19 +101,56 @@ def postprocess(
         anchors: (A, 4) xyxy normalized.
         score_threshold: keep class scores strictly above this.
         clip_boxes: "before_nms" or "after_nms", as the graph the weights came from did.
+        reported: (K,) bool, which class indices may be detected (None: every class but the background).
+    """
+
+    def decode(image_index: torch.Tensor, anchor_index: torch.Tensor) -> torch.Tensor:
+        # Only candidates are decoded: at a display threshold that is a handful of the N · A boxes.
+        return decode_boxes(box_codes[image_index, anchor_index], anchors[anchor_index])
+
+    return select_detections(
+        torch.sigmoid(class_logits[..., 1:]),
+        decode,
+        score_threshold=score_threshold,
+        iou_threshold=iou_threshold,
+        max_detections=max_detections,
+        clip_boxes=clip_boxes,
+        reported=reported,
+    )
+
+
+def select_detections(
+    scores: torch.Tensor,
+    candidate_boxes: CandidateBoxes,
+    *,
+    score_threshold: float = defaults.NMS_SCORE_THRESHOLD,
+    iou_threshold: float = defaults.NMS_IOU_THRESHOLD,
+    max_detections: int = defaults.MAX_DETECTIONS,
+    clip_boxes: ClipBoxes = "after_nms",
+    reported: torch.Tensor | None = None,
+) -> list[RawDetections]:
+    """TF's ``batch_multiclass_non_max_suppression`` on class scores: candidates above ``score_threshold``, per-class
+    NMS per image, clipping, the ``max_detections`` best.
+
+    Args:
+        scores: (N, A, K − 1) foreground class scores (class index k + 1 in column k).
+        candidate_boxes: the xyxy boxes of the candidates, from their image and anchor indices.
+        reported: as in :func:`postprocess`.
     """
     # Candidates of the whole batch at once: every (image, anchor, class) above the threshold, in that order.
-    scores = torch.sigmoid(class_logits[..., 1:])
     image_index, anchor_index, class_index = torch.nonzero(scores > score_threshold, as_tuple=True)
+    if reported is not None:
+        # Classes a model has but never reports (COCO's unused ids) are no candidates at all.
+        keep = reported.to(class_index.device)[class_index + 1]
+        image_index, anchor_index, class_index = image_index[keep], anchor_index[keep], class_index[keep]
     cand_scores = scores[image_index, anchor_index, class_index]
-    # Only candidates are decoded: at a display threshold that is a handful of the N · A boxes.
-    cand_boxes = decode_boxes(box_codes[image_index, anchor_index], anchors[anchor_index])
+    cand_boxes = candidate_boxes(image_index, anchor_index)
     cand_labels = class_index + 1
     if clip_boxes == "before_nms":
         cand_boxes, cand_scores, cand_labels, image_index = _clip_and_prune(
             cand_boxes, cand_scores, cand_labels, image_index
         )
-    counts = torch.bincount(image_index, minlength=box_codes.shape[0]).tolist()
+    counts = torch.bincount(image_index, minlength=scores.shape[0]).tolist()
     results = []
     # One NMS per image (not one for the batch): an image's detections must not depend on its batch mates, and
     # torchvision's batched_nms offsets boxes by their group index, which would cost precision across images.
@@ -120,6 +163,11 @@ def postprocess(
         )
         results.append(RawDetections(boxes=kept[0], scores=kept[1], labels=kept[2]))
     return results
+
+
+def reported_classes(labels: Sequence[str]) -> torch.Tensor:
+    """(K,) bool: the class indices a label map lets detections have (named ones; not the background)."""
+    return torch.tensor([index > 0 and bool(label) for index, label in enumerate(labels)])
 
 
 def to_image_detections(raw: RawDetections, labels: Sequence[str], height: int, width: int) -> ImageDetections:
@@ -156,5 +204,6 @@ def detections_in_pixels(
         iou_threshold=settings.nms_iou_threshold,
         max_detections=min(max_detections or settings.max_detections, settings.max_detections),
         clip_boxes=settings.clip_boxes,
+        reported=reported_classes(labels),
     )
     return [to_image_detections(r, labels, height, width) for r, (height, width) in zip(raw, sizes, strict=True)]

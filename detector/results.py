@@ -38,7 +38,8 @@ class ImageDetections:
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """What a detector runs: the model (name, labels, input size, weights digest, provenance) and its backend."""
+    """What a detector runs: the model (name, the labels it reports, input size, weights digest, provenance) and its
+    backend."""
 
     name: str
     version: str

@@ -7,7 +7,6 @@ outputs and where the numbers came from.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from detector.cache import atomic_path
+from detector.cache import atomic_path, file_digest
 from detector.errors import WeightsError
 from detector.model import SSDLite, ssdlite_mobilenet_v2
 from detector.spec import ModelSpec
@@ -89,12 +88,3 @@ def check_state_dict(model: torch.nn.Module, tensors: dict[str, torch.Tensor], s
     unexpected = sorted(set(tensors) - set(expected))
     if unexpected:
         raise WeightsError(f"{source}: unexpected tensor {unexpected[0]} ({len(unexpected)} unexpected in all)")
-
-
-def file_digest(path: str | Path) -> str:
-    """SHA-256 of a file, hex."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

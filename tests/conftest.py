@@ -23,7 +23,7 @@ def person_detector():
     """The built-in person model, loaded once."""
     from detector.inference import Detector
 
-    return Detector.from_weights()
+    return Detector.from_weights("person")
 
 
 @pytest.fixture(scope="session")
@@ -46,3 +46,24 @@ def live_service():
     env = {"DETECTOR_MAX_BODY_BYTES": str(2 * 1024 * 1024), "DETECTOR_MAX_PIXELS": "4000000"}
     with running_service(env) as service:
         yield service
+
+
+@pytest.fixture(scope="session")
+def coco_detector():
+    """The built-in COCO model (eager PyTorch, the reference), loaded once."""
+    from detector.inference import Detector
+
+    return Detector.from_weights("coco")
+
+
+@pytest.fixture(scope="session")
+def tfjs_golden() -> tuple[dict, dict]:
+    """TF.js's outputs on the test images (tensors, metadata); see tests/golden/make_tfjs_golden.py."""
+    from safetensors import safe_open
+    from safetensors.numpy import load_file
+
+    path = Path(__file__).parent / "golden" / "tfjs_coco_ssdlite.safetensors"
+    with safe_open(str(path), "np") as handle:
+        metadata = handle.metadata()
+    metadata["images"] = json.loads(metadata["images"])
+    return load_file(str(path)), metadata

@@ -66,7 +66,7 @@ def test_detector_on_another_backend_detects_the_same(person_detector, photos):
     pytest.importorskip("onnxruntime")
     from detector.inference import Detector
 
-    fast = Detector.from_weights(backend="onnxruntime")
+    fast = Detector.from_weights("person", backend="onnxruntime")
     info = fast.info()
     assert info.backend == "onnxruntime" and info.backend_engine["engine"] == "onnxruntime"
     assert info.backend_reason

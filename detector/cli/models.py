@@ -1,20 +1,24 @@
-"""Sub-commands about models: ``info``, ``install-models``, ``convert-tf``, ``export`` and ``backends``."""
+"""Sub-commands about models: ``info``, ``install-models``, ``convert-tf`` and ``convert-tfjs``, ``export``,
+``backends``."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from detector import defaults
 from detector.builtin import BUILTIN_MODELS, builtin_path
-from detector.cli.common import EXIT_OK, add_weights_option, log, positive_int
+from detector.cli.common import EXIT_FAILED, EXIT_OK, add_weights_option, error, log, positive_int
 from detector.errors import DetectorError
 
 if TYPE_CHECKING:
     from detector.cli.common import Subparsers
+    from detector.model import SSDLite
+    from detector.spec import ModelSpec
 
 
 def add_commands(subparsers: Subparsers) -> None:
@@ -45,19 +49,23 @@ def add_commands(subparsers: Subparsers) -> None:
     parser.add_argument("--force", action="store_true", help="fetch and convert again even when installed")
     parser.set_defaults(run=run_install_models)
 
-    parser = subparsers.add_parser(
-        "convert-tf",
-        help="import a TF Object Detection API ssdlite_mobilenet_v2 frozen graph",
-        description="Convert a frozen_inference_graph.pb (TF OD API ssdlite_mobilenet_v2 export, any number of "
-        "classes) into our weights format. TensorFlow is not needed.",
-    )
-    parser.add_argument("graph", type=Path, metavar="GRAPH.pb")
-    parser.add_argument("out", type=Path, metavar="OUT", help="weights file to write (.safetensors)")
-    parser.add_argument("--labels", type=Path, help="text file: one class name per line, background excluded")
-    parser.add_argument("--name", help="model name recorded in the weights")
-    parser.add_argument("--license", default="unspecified", help="licence of the weights, recorded in the file")
-    parser.add_argument("--source", help="where the graph came from, recorded in the file")
-    parser.set_defaults(run=run_convert_tf)
+    for command, graph, what in (
+        ("convert-tf", "GRAPH.pb", "a frozen_inference_graph.pb"),
+        ("convert-tfjs", "MODEL.json", "a TensorFlow.js graph model (model.json beside its weight shards)"),
+    ):
+        parser = subparsers.add_parser(
+            command,
+            help=f"import a TF Object Detection API ssdlite_mobilenet_v2 from {what.split(' (')[0]}",
+            description=f"Convert {what}: a TF OD API ssdlite_mobilenet_v2 export with any number of classes, into "
+            "our weights format. Neither TensorFlow nor TensorFlow.js is needed.",
+        )
+        parser.add_argument("graph", type=Path, metavar=graph)
+        parser.add_argument("out", type=Path, metavar="OUT", help="weights file to write (.safetensors)")
+        parser.add_argument("--labels", type=Path, help="text file: one class name per line, background excluded")
+        parser.add_argument("--name", help="model name recorded in the weights")
+        parser.add_argument("--license", default="unspecified", help="licence of the weights, recorded in the file")
+        parser.add_argument("--source", help="where the graph came from, recorded in the file")
+        parser.set_defaults(run=run_convert_tf if command == "convert-tf" else run_convert_tfjs)
 
     from detector.export import FORMATS
 
@@ -161,14 +169,31 @@ def run_info(args: argparse.Namespace) -> int:
 def run_install_models(args: argparse.Namespace) -> int:
     from detector.convert.published import install_builtin
 
+    failed = 0
     for name in args.names or BUILTIN_MODELS:
-        path = install_builtin(name, force=args.force)
-        print(f"{name}: {path}")
-    return EXIT_OK
+        try:  # one model failing (npm missing, say) does not stop the others
+            print(f"{name}: {install_builtin(name, force=args.force)}")
+        except DetectorError as exc:
+            error(f"{name}: {exc}")
+            failed += 1
+    return EXIT_FAILED if failed else EXIT_OK
 
 
 def run_convert_tf(args: argparse.Namespace) -> int:
     from detector.convert.tf_graph import import_tf_graph
+
+    return _convert(args, import_tf_graph)
+
+
+def run_convert_tfjs(args: argparse.Namespace) -> int:
+    from detector.convert.npm_package import check_if_published
+    from detector.convert.tfjs import import_tfjs_graph
+
+    check_if_published(args.graph)
+    return _convert(args, import_tfjs_graph)
+
+
+def _convert(args: argparse.Namespace, importer: Callable[..., tuple[SSDLite, ModelSpec]]) -> int:
     from detector.labels import read_label_file
     from detector.weights import save_weights
 
@@ -178,14 +203,14 @@ def run_convert_tf(args: argparse.Namespace) -> int:
             label_text = args.labels.read_text()
         except OSError as exc:
             raise DetectorError(f"cannot read label file {args.labels}: {exc.strerror}") from None
-    model, spec = import_tf_graph(args.graph, name=args.name, source=args.source, license=args.license)
+    model, spec = importer(args.graph, name=args.name, source=args.source, license=args.license)
     if label_text is not None:  # the class count is only known once the graph is read
         try:
             spec = dataclasses.replace(spec, labels=read_label_file(label_text, spec.num_classes))
         except ValueError as exc:
             raise DetectorError(f"{args.labels}: {exc}") from None
     digest = save_weights(args.out, model, spec)
-    shown = ", ".join(spec.labels[1:6]) + (", …" if spec.num_classes > 6 else "")
+    shown = ", ".join(label for label in spec.labels[1:7] if label) + (", …" if spec.num_classes > 7 else "")
     print(
         f"wrote {args.out}: {spec.num_classes} classes ({shown}), "
         f"input {spec.image_size}×{spec.image_size}, sha256 {digest}"

@@ -36,14 +36,21 @@ def _add_evaluate(subparsers: Subparsers) -> None:
         "evaluate",
         help="COCO mAP of a model on a COCO-format data set (pycocotools)",
         description="Detect on every image of a COCO-format data set and score with pycocotools' COCOeval (bbox). "
-        "Model labels are matched to the data set's categories by name. Prints COCOeval's summary and a "
-        "per-category table; with --out also writes detections.json (COCO results), metrics.json and summary.txt. "
-        "Under `torchrun --nproc_per_node N` the images are split across the processes.",
+        "Categories are matched to the model's classes by id where the file uses the model's ids and names (a COCO "
+        "file and the COCO model), else by name (--category-map for names that differ). Prints COCOeval's summary "
+        "and a per-category table; with --out also writes detections.json (COCO results), metrics.json and "
+        "summary.txt. Under `torchrun --nproc_per_node N` the images are split across the processes.",
     )
     parser.add_argument("--images", type=Path, required=True, help="folder holding the images (file_name paths)")
     parser.add_argument("--annotations", type=Path, required=True, help="COCO instances JSON")
     add_weights_option(parser)
     parser.add_argument("--out", type=Path, help="folder for detections.json, metrics.json and summary.txt")
+    parser.add_argument(
+        "--category-map",
+        type=Path,
+        metavar="FILE.json",
+        help='data set category names → model labels, for names that differ (e.g. {"sofa": "couch"})',
+    )
     parser.add_argument(
         "--score-threshold",
         type=score,
@@ -66,7 +73,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     from detector.inference import Detector
     from detector.training.coco import load_dataset
     from detector.training.distributed import broadcast_from_main, init_distributed, local_device, shutdown
-    from detector.training.evaluate import evaluate, format_category_table, write_results
+    from detector.training.evaluate import evaluate, format_category_table, read_category_map, write_results
 
     world = init_distributed(args.device)
     try:
@@ -74,6 +81,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         # Rank 0 installs a missing built-in model; the others wait for its path.
         weights = installed_weights(args.weights) if world.is_main else None
         detector = Detector.from_weights(broadcast_from_main(weights, world), device=local_device(args.device, world))
+        aliases = read_category_map(args.category_map) if args.category_map else None
         dataset = load_dataset(args.images, args.annotations, for_training=False, log=say)
         result = evaluate(
             detector,
@@ -84,6 +92,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
             world=world,
             progress=not args.no_progress,
             log=say,
+            category_aliases=aliases,
         )
         if result is None:
             return EXIT_OK

@@ -20,7 +20,7 @@ from detector.box_coding import TF_TO_XYWH_CODE_ORDER
 from detector.errors import GraphImportError
 from detector.labels import default_labels
 from detector.model import SSDLite
-from detector.spec import ModelSpec, Postprocessing
+from detector.spec import ModelSpec, Postprocessing, Preprocessing
 from detector.weights import build_model
 
 EXTRACTOR = "FeatureExtractor/MobilenetV2"
@@ -132,16 +132,19 @@ def import_variables(
     origin: str | Path,
     image_size: int,
     postprocessing: Postprocessing,
+    preprocessing: Preprocessing | None = None,
     labels: tuple[str, ...] | None = None,
     name: str,
     source: str,
     license: str,
+    sources: Mapping[str, str] | None = None,
 ) -> tuple[SSDLite, ModelSpec]:
     """Our model (eval mode) and its spec from a graph's slim variables (name → array in TF layout).
 
     The width multiplier comes from the stem's output channels (32 at width 1), the number of classes (background
     included) from the first class predictor's outputs over its 3 anchors per location; ``labels`` default to the
-    label map that count implies (:func:`detector.labels.default_labels`).
+    label map that count implies (:func:`detector.labels.default_labels`). ``sources`` names, for error messages,
+    the tensor of the file each variable came from where that is not the variable's own name.
     """
     require_architecture(variables, origin)
     width_mult = np.shape(variables[STEM])[-1] / 32
@@ -159,23 +162,31 @@ def import_variables(
         name=name,
         image_size=image_size,
         width_mult=width_mult,
+        preprocessing=preprocessing or Preprocessing(),
         postprocessing=postprocessing,
         source=source,
         license=license,
     )
     model = build_model(spec)
-    state = assemble(model, variables, origin)
+    state = assemble(model, variables, origin, sources)
     refuse_leftovers(model, variables, origin)
     model.load_state_dict(state, strict=False)
     return model.eval(), spec
 
 
-def assemble(model: SSDLite, variables: Mapping[str, np.ndarray], origin: str | Path) -> dict[str, torch.Tensor]:
+def assemble(
+    model: SSDLite,
+    variables: Mapping[str, np.ndarray],
+    origin: str | Path,
+    sources: Mapping[str, str] | None = None,
+) -> dict[str, torch.Tensor]:
     """``model``'s state dict from slim variables in TF layouts (name → array), every shape checked.
 
     Raises :class:`GraphImportError` naming the first variable missing from ``variables``, the first one whose shape
-    does not fit, or the first state-dict entry nothing maps to.
+    does not fit (by the file's tensor name in ``sources``, where given), or the first state-dict entry nothing maps
+    to.
     """
+    sources = sources or {}
     state = model.state_dict()
     loaded = {}
     for var in variable_map(model):
@@ -185,7 +196,8 @@ def assemble(model: SSDLite, variables: Mapping[str, np.ndarray], origin: str | 
         target = tuple(state[var.torch_key].shape)
         if array.shape != target:
             raise GraphImportError(
-                f"{origin}: variable {var.tf_name} has shape {array.shape} after layout conversion, expected {target}"
+                f"{origin}: variable {sources.get(var.tf_name, var.tf_name)} has shape {array.shape} after layout "
+                f"conversion, expected {target}"
             )
         loaded[var.torch_key] = torch.from_numpy(array.astype(np.float32))
     missing = sorted(set(state) - set(loaded) - {k for k in state if k.endswith("num_batches_tracked")})

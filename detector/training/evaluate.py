@@ -17,10 +17,10 @@ import io
 import json
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -87,26 +87,97 @@ class EvaluationResult:
         }
 
 
-def category_map(labels: Sequence[str], categories: Sequence[dict[str, Any]]) -> dict[int, int]:
+def _name_key(name: str) -> str:
+    return " ".join(name.lower().split())
+
+
+def category_map(
+    labels: Sequence[str], categories: Sequence[dict[str, Any]], aliases: Mapping[str, str] | None = None
+) -> dict[int, int]:
     """Model class index → data set category id, by name (exact first, then ignoring case and spaces).
 
-    Index 0 (background) is never mapped; model classes without a category of the same name are left out.
+    ``aliases`` maps a data set category's name to the model label it means (``{"sofa": "couch"}``). Index 0
+    (background) and empty labels are never mapped; model classes without a category of the same name are left out.
     """
-
-    def key(name: str) -> str:
-        return " ".join(name.lower().split())
-
-    exact = {c["name"]: c["id"] for c in categories}
-    loose = {key(c["name"]): c["id"] for c in categories}
+    aliases = aliases or {}
+    exact = {aliases.get(c["name"], c["name"]): c["id"] for c in categories}
+    loose = {_name_key(name): category_id for name, category_id in exact.items()}
     mapping = {}
     for index, label in enumerate(labels):
-        if index == 0:
+        if index == 0 or not label:
             continue
         if label in exact:
             mapping[index] = exact[label]
-        elif key(label) in loose:
-            mapping[index] = loose[key(label)]
+        elif _name_key(label) in loose:
+            mapping[index] = loose[_name_key(label)]
     return mapping
+
+
+@dataclass(frozen=True)
+class CategoryMatch:
+    """How a model's classes meet a data set's categories: ``class_to_category`` (class index → category id),
+    ``by`` ("id" where the file uses the model's own ids and names, as a COCO file does for the COCO model; "name"
+    otherwise), and the categories left unscored with the reason."""
+
+    class_to_category: dict[int, int]
+    by: Literal["id", "name"]
+    unscored: dict[str, str]
+
+    def describe(self, categories: Sequence[dict[str, Any]]) -> str:
+        """One line for the log: which categories are scored, matched how, and which are not and why."""
+        scored = [c["name"] for c in categories if c["id"] in set(self.class_to_category.values())]
+        how = "by id (the file uses the model's category ids and names)" if self.by == "id" else "by name"
+        text = f"evaluating {len(scored)} of {len(categories)} categories, matched {how}"
+        if len(scored) < len(categories):
+            text = f"evaluating {len(scored)} of {len(categories)} categories (those the model knows): " + ", ".join(
+                scored
+            )
+        if self.unscored:
+            text += "; not scored: " + "; ".join(f"{name} ({why})" for name, why in self.unscored.items())
+        return text
+
+
+def match_categories(
+    labels: Sequence[str], categories: Sequence[dict[str, Any]], aliases: Mapping[str, str] | None = None
+) -> CategoryMatch:
+    """Match by id when every category's id is a model class of the same name (after ``aliases``), else by name.
+
+    Raises :class:`DatasetError` for an alias naming a label the model does not have.
+    """
+    aliases = aliases or {}
+    known = {label for label in labels[1:] if label}
+    for source, target in aliases.items():
+        if target not in known:
+            raise DatasetError(f"--category-map maps {source!r} to {target!r}, which is not one of the model's labels")
+    by_id = all(
+        0 < c["id"] < len(labels)
+        and labels[c["id"]]
+        and _name_key(labels[c["id"]]) == _name_key(aliases.get(c["name"], c["name"]))
+        for c in categories
+    )
+    if by_id:
+        return CategoryMatch({c["id"]: c["id"] for c in categories}, "id", {})
+    mapping = category_map(labels, categories, aliases)
+    matched = set(mapping.values())
+    unscored = {
+        c["name"]: f"no model class named {aliases.get(c['name'], c['name'])!r}; --category-map can map names"
+        for c in categories
+        if c["id"] not in matched
+    }
+    return CategoryMatch(mapping, "name", unscored)
+
+
+def read_category_map(path: str | Path) -> dict[str, str]:
+    """A ``--category-map`` file: a JSON object from data set category names to model labels."""
+    try:
+        aliases = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise DatasetError(f"cannot read category map {path}: {exc.strerror or exc}") from None
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"category map {path} is not JSON: {exc}") from None
+    if not isinstance(aliases, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in aliases.items()):
+        raise DatasetError(f'category map {path} must be a JSON object of names, e.g. {{"sofa": "couch"}}')
+    return aliases
 
 
 def detect_dataset(
@@ -255,26 +326,26 @@ def evaluate(
     world: World | None = None,
     progress: bool = True,
     log: Log = print,
+    category_aliases: Mapping[str, str] | None = None,
 ) -> EvaluationResult | None:
     """Detect on every image of ``dataset`` and score with COCOeval; the result on rank 0, None on other ranks.
 
-    Only categories the model has a label for are scored (and named in the log); images whose file is missing were
-    already left out (and counted) by :func:`detector.training.coco.load_dataset`.
+    Categories are matched to the model's classes by :func:`match_categories` (``category_aliases``: data set names
+    → model labels); only those matched are scored, and the log says which and why the others are not. Images whose
+    file is missing were already left out (and counted) by :func:`detector.training.coco.load_dataset`.
     """
     world = world or World()
-    class_to_category = category_map(detector.labels, dataset.categories)
+    match = match_categories(detector.labels, dataset.categories, category_aliases)
+    class_to_category = match.class_to_category
     if not class_to_category:
+        known = detector.spec.reported_labels
         raise DatasetError(
-            f"none of the model's labels ({', '.join(detector.labels[1:6])}{', …' if len(detector.labels) > 6 else ''})"
+            f"none of the model's labels ({', '.join(known[:5])}{', …' if len(known) > 5 else ''})"
             f" is a category of {dataset.annotation_path}"
         )
     category_ids = sorted(set(class_to_category.values()))
-    if world.is_main and len(category_ids) < len(dataset.categories):
-        names = [c["name"] for c in dataset.categories if c["id"] in category_ids]
-        log(
-            f"evaluating {len(category_ids)} of {len(dataset.categories)} categories (those the model knows): "
-            + ", ".join(names)
-        )
+    if world.is_main:
+        log(match.describe(dataset.categories))
     detections, notes = detect_dataset(
         detector,
         dataset,
