@@ -1,40 +1,48 @@
-"""Backends side by side on this machine: the network alone and the whole request path (JPEG bytes → detections).
+"""Backends side by side on this machine: speed, the accuracy bar, and agreement with fp32; then the whole path.
 
-    python benchmarks/backends.py [--repeats 5]
+    python benchmarks/backends.py [--weights coco] [--repeats 5] [--no-accuracy-control]
 
-Prints, for each available backend, ms/image at batch 1 and 8 and the speedup over eager PyTorch; then the end-to-end
-figure at batch 1 and 8 and its split into decode, preprocess, network and postprocess, for eager PyTorch on the path
-as it was before issue 6 (Pillow decoding, the torch resize, a per-image postprocess decoding every anchor), eager
-PyTorch on today's path, and the backend ``auto`` picks. All in one run, so the ratios hold on a noisy machine.
-The images are the sample photographs (detector/samples.py) re-encoded as JPEG, quality 90.
+1. The network alone, ms/image at batch 1 and 8 and the speedup over eager PyTorch, for every engine and precision
+   here (fp32, fp16, bf16, INT8 by NNCF's default post-training quantization and, unless
+   ``--no-accuracy-control``, by ``nncf.quantize_with_accuracy_control``), each with its verdict on the accuracy bar
+   (:mod:`detector.backends.accuracy`) and its detection agreement with fp32: COCO AP of its detections with fp32's
+   as the ground truth (pycocotools), on the judging set (the sample photographs, their mirrored, rescaled and
+   cropped variants, synthetic scenes: :func:`detector.samples.check_images`), and its AP on the hand-annotated
+   sample photographs (tests/data/sample_photos_coco.json).
+2. End to end from JPEG bytes (640×480 camera-sized frames) to detections on ``auto``'s backend: decode,
+   preprocess (the exact resize and the fast one), network and postprocess, ms/image at batch 1 and 8.
+
+All in one run with the CPU's model and flags, so the ratios hold on a noisy machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
+import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from detector import images
 from detector.backends.accuracy import MATCH_SCORE, compare_detections
-from detector.backends.base import REDUCED_PRECISION
 from detector.backends.factory import build_backend
-from detector.box_coding import decode_boxes
 from detector.errors import BackendUnavailable
 from detector.inference import Detector
-from detector.preprocess import resize_bilinear_legacy
-from detector.samples import PHOTOS, photo
+from detector.machine import describe_cpu_line
+from detector.results import ImageDetections
+from detector.samples import ALL_PHOTOS, check_images, photo, samples_dir
 
-BACKENDS = ("torch", "onnxruntime", "openvino", "openvino-bf16", "openvino-int8")
+ROOT = Path(__file__).resolve().parent.parent
+ANNOTATED = ROOT / "tests" / "data" / "sample_photos_coco.json"
+BACKENDS = ("torch", "onnxruntime", "openvino", "openvino-fp16", "openvino-bf16", "openvino-int8")
 
 
 def best_ms(fn: Callable[[], object], repeats: int) -> float:
@@ -47,162 +55,223 @@ def best_ms(fn: Callable[[], object], repeats: int) -> float:
     return best * 1000
 
 
-# --- the path before issue 6, kept here to measure against ----------------------------------------------------------
+def run_batches(run: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], batches: Sequence[np.ndarray]):
+    outputs = [run(batch) for batch in batches]
+    return np.concatenate([o[0] for o in outputs]), np.concatenate([o[1] for o in outputs])
 
 
-def preprocess_before(arrays: list[np.ndarray]) -> torch.Tensor:
-    batch = torch.empty((len(arrays), 3, 300, 300))
-    for i, array in enumerate(arrays):
-        resized = resize_bilinear_legacy(torch.from_numpy(array).to(torch.float32), (300, 300))
-        batch[i] = (resized * torch.tensor(2.0 / 255.0, dtype=torch.float32) - 1.0).permute(2, 0, 1)
-    return batch
+def agreement_ap(reference: Sequence[ImageDetections], candidate: Sequence[ImageDetections], labels) -> float:
+    """COCO AP (IoU 0.5:0.95) of ``candidate`` with ``reference``'s detections above 0.3 as the ground truth."""
+    from detector.training.coco import coco_api
+    from detector.training.evaluate import coco_evaluate
+
+    document = {"images": [], "annotations": [], "categories": []}
+    used = set()
+    detections = []
+    for image_id, (ref, got) in enumerate(zip(reference, candidate, strict=True), start=1):
+        document["images"].append({"id": image_id, "width": ref.width, "height": ref.height, "file_name": ""})
+        for det in ref.detections:
+            if det.score > 0.3:
+                x1, y1, x2, y2 = det.box
+                document["annotations"].append(
+                    {
+                        "id": len(document["annotations"]) + 1,
+                        "image_id": image_id,
+                        "category_id": det.class_id,
+                        "bbox": [x1, y1, x2 - x1, y2 - y1],
+                        "area": (x2 - x1) * (y2 - y1),
+                        "iscrowd": 0,
+                    }
+                )
+                used.add(det.class_id)
+        for det in got.detections:
+            x1, y1, x2, y2 = det.box
+            detections.append(
+                {
+                    "image_id": image_id,
+                    "category_id": det.class_id,
+                    "bbox": [x1, y1, x2 - x1, y2 - y1],
+                    "score": det.score,
+                }
+            )
+    document["categories"] = [{"id": c, "name": labels[c]} for c in sorted(used)]
+    truth = coco_api(document)
+    evaluator, _ = coco_evaluate(truth, detections, [i["id"] for i in document["images"]], sorted(used))
+    return float(evaluator.stats[0])
 
 
-def postprocess_before(detector: Detector, codes: torch.Tensor, logits: torch.Tensor, threshold: float) -> list:
-    """detector/postprocess.py before issue 6: every anchor decoded, one candidate search per image."""
-    from torchvision.ops import batched_nms, box_area, clip_boxes_to_image
+def labelled_ap(detector: Detector, run) -> float:
+    """COCO AP on the hand-annotated sample photographs (the COCO model only)."""
+    from detector.training.coco import coco_api, read_coco_file
+    from detector.training.evaluate import coco_evaluate
 
-    boxes = decode_boxes(codes, detector.anchors)
-    scores = torch.sigmoid(logits)[..., 1:]
-    num_foreground = scores.shape[-1]
+    document = read_coco_file(ANNOTATED)
     results = []
-    for image_boxes, image_scores in zip(boxes, scores, strict=True):
-        flat_scores = image_scores.reshape(-1)
-        candidates = torch.nonzero(flat_scores > threshold).squeeze(1)
-        cand_scores = flat_scores[candidates]
-        cand_boxes = image_boxes[candidates // num_foreground]
-        cand_labels = candidates % num_foreground + 1
-        keep = batched_nms(cand_boxes, cand_scores, cand_labels, 0.6)
-        kept_boxes = clip_boxes_to_image(cand_boxes[keep], (1, 1))
-        valid = box_area(kept_boxes) > 0
-        results.append((kept_boxes[valid][:100], cand_scores[keep][valid][:100], cand_labels[keep][valid][:100]))
-    return results
+    for record in document["images"]:
+        pixels = images.load_image(samples_dir() / record["file_name"])
+        codes, logits = run(detector.preprocess([pixels]))
+        (result,) = detector.postprocess(codes, logits, [pixels.shape[:2]], score_threshold=0.01)
+        for det in result.detections:
+            x1, y1, x2, y2 = det.box
+            results.append(
+                {"image_id": record["id"], "category_id": det.class_id, "bbox": [x1, y1, x2 - x1, y2 - y1],
+                 "score": det.score}
+            )  # fmt: skip
+    truth = coco_api(document)
+    evaluator, _ = coco_evaluate(
+        truth, results, [i["id"] for i in document["images"]], [c["id"] for c in document["categories"]]
+    )
+    return float(evaluator.stats[0])
 
 
-# --- measurements -----------------------------------------------------------------------------------------------------
-
-
-def timed(fn: Callable[[], object]) -> tuple[float, object]:
-    start = time.perf_counter()
-    result = fn()
-    return (time.perf_counter() - start) * 1000, result
-
-
-def one_round(detector: Detector, jpegs: list[bytes], batch_size: int, before: bool) -> dict[str, float]:
-    """ms/image of each stage, once, over all ``jpegs`` in batches of ``batch_size``; then the whole path at once
-    (``detect``, or for the path before issue 6 the stages run back to back)."""
-    saved = images.simplejpeg
-    if before:
-        images.simplejpeg = None  # Pillow decoding, as before the fast path
+def accuracy_controlled_int8(detector: Detector, batches: list[np.ndarray], reference, names, sizes):
+    """``nncf.quantize_with_accuracy_control``: INT8 with layers reverted to fp32 until the agreement AP with fp32
+    drops by at most 0.01; returns (backend, seconds it took) or raises BackendUnavailable."""
     try:
-        decode, arrays = timed(lambda: [images.load_image(j) for j in jpegs])
-    finally:
-        images.simplejpeg = saved
-    chunks = [arrays[i : i + batch_size] for i in range(0, len(arrays), batch_size)]
-    pre, batches = timed(lambda: [(preprocess_before if before else detector.preprocess)(c) for c in chunks])
-    net, raws = timed(lambda: [detector.predict_raw(b) for b in batches])
-    if before:
-        post, _ = timed(lambda: [postprocess_before(detector, *r, 0.5) for r in raws])
-        total = decode + pre + net + post
-    else:
-        sizes = [[a.shape[:2] for a in c] for c in chunks]
-        post, _ = timed(lambda: [detector.postprocess(*r, s) for r, s in zip(raws, sizes, strict=True)])
-        total, _ = timed(lambda: detector.detect(jpegs, batch_size=batch_size))
-    n = len(jpegs)
-    return {
-        "decode": decode / n,
-        "preprocess": pre / n,
-        "network": net / n,
-        "postprocess": post / n,
-        "total": total / n,
-    }
+        import nncf
+        import openvino as ov
+    except ImportError as exc:
+        raise BackendUnavailable(f"needs NNCF: {exc}") from None
+    from detector.backends.onnx import cached_onnx
+    from detector.backends.openvino_backend import OpenVinoBackend
+
+    onnx = cached_onnx(detector.model, detector.digest[:16])
+    samples = [image[None] for batch in batches for image in batch]
+
+    def validate(compiled, data) -> float:
+        outputs = [compiled(sample) for sample in data]
+        codes = np.concatenate([np.asarray(o[0]) for o in outputs])
+        logits = np.concatenate([np.asarray(o[1]) for o in outputs])
+        got = detector.postprocess(codes, logits, sizes, score_threshold=MATCH_SCORE)
+        return agreement_ap(reference, got, detector.spec.labels)
+
+    started = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()):
+        quantized = nncf.quantize_with_accuracy_control(
+            ov.Core().read_model(str(onnx)),
+            nncf.Dataset(samples),
+            nncf.Dataset(samples),
+            validate,
+            max_drop=0.01,
+            drop_type=nncf.DropType.ABSOLUTE,
+            subset_size=len(samples),
+        )
+    target = onnx.with_name(f"{onnx.stem}-int8-accuracy-control.xml")
+    ov.save_model(quantized, str(target), compress_to_fp16=False)
+    return OpenVinoBackend(target, precision="int8"), time.perf_counter() - started
+
+
+def camera_frames(count: int = 16) -> list[bytes]:
+    """640×480 JPEG frames (quality 90) made from the sample photographs."""
+    frames = []
+    for name in list(ALL_PHOTOS)[:count]:
+        frame = Image.fromarray(images.load_image(photo(name))).resize((640, 480))
+        buffer = io.BytesIO()
+        frame.save(buffer, format="JPEG", quality=90)
+        frames.append(buffer.getvalue())
+    return (frames * ((count + len(frames) - 1) // len(frames)))[:count]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--weights", default="coco")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--no-accuracy-control", action="store_true", help="skip the (minutes long) NNCF AAQ run")
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(describe_cpu_line())
 
-    arrays = [images.load_image(photo(name)) for name in PHOTOS]
-    jpegs = []
-    for array in [*arrays, arrays[0]][:8]:
-        buffer = io.BytesIO()
-        Image.fromarray(array).save(buffer, format="JPEG", quality=90)
-        jpegs.append(buffer.getvalue())
-
-    reference = Detector.from_weights()
-    batch8 = reference.preprocess([images.load_image(j) for j in jpegs])
-    photos_batch = reference.preprocess(arrays)
+    reference = Detector.from_weights(args.weights)
+    judged = check_images()
+    names, arrays = list(judged), list(judged.values())
     sizes = [a.shape[:2] for a in arrays]
-    ref_dets = reference.postprocess(*reference.predict_raw(photos_batch), sizes, score_threshold=MATCH_SCORE)
+    batches = [reference.preprocess(arrays[i : i + 8], exact=True) for i in range(0, len(arrays), 8)]
+    ref_dets = reference.postprocess(*run_batches(reference.model_outputs, batches), sizes, score_threshold=MATCH_SCORE)
+    timing8 = batches[0]
+    labelled = ANNOTATED.is_file() and args.weights == "coco"
 
-    print("\n## Network alone (ms/image, best of", args.repeats, "runs)\n")
-    print("| backend | batch 1 | batch 8 | speedup b8 vs torch | accuracy on the photos |")
-    print("|---|---|---|---|---|")
-    built, base, per_photo = {}, None, {}
+    engines: dict[str, object] = {}
+    notes: dict[str, str] = {}
     for name in BACKENDS:
         try:
-            backend = build_backend(name, reference.model, calibration=[photos_batch])
+            started = time.perf_counter()
+            engines[name] = build_backend(name, reference.model, calibration=batches, key=reference.digest[:16])
+            if name == "openvino-int8":
+                notes[name] = (
+                    f"NNCF default PTQ (MIXED preset, {len(arrays)} images): {time.perf_counter() - started:.0f} s"
+                )
         except BackendUnavailable as exc:
-            print(f"| {name} | - | - | - | unavailable: {exc} |")
-            continue
-        repeats = max(2, args.repeats // 2) if name == "torch" else args.repeats
-        b1 = best_ms(lambda backend=backend: [backend(batch8[i : i + 1]) for i in range(8)], repeats) / 8
-        b8 = best_ms(lambda backend=backend: backend(batch8), repeats) / 8
-        base = base or b8
-        agreement = compare_detections(
-            ref_dets, reference.postprocess(*backend(photos_batch), sizes, score_threshold=MATCH_SCORE), list(PHOTOS)
-        )
-        verdict = ("meets the bar: " if agreement.passed else "FAILS the bar: ") + agreement.summary()
-        print(f"| {name} | {b1:.1f} | {b8:.1f} | {base / b8:.1f}× | {verdict} |")
-        built[name] = (backend, b8, agreement.passed)
-        if name in REDUCED_PRECISION:
-            got = reference.postprocess(*backend(photos_batch), sizes, score_threshold=MATCH_SCORE)
-            per_photo[name] = [
-                (photo_name, compare_detections([r], [g], [photo_name]))
-                for photo_name, r, g in zip(PHOTOS, ref_dets, got, strict=True)
-            ]
+            print(f"{name}: unavailable ({exc})")
+    if not args.no_accuracy_control and "openvino-int8" in engines:
+        try:
+            engine, seconds = accuracy_controlled_int8(reference, batches, ref_dets, names, sizes)
+            engines["openvino-int8 (accuracy control)"] = engine
+            notes["openvino-int8 (accuracy control)"] = (
+                f"quantize_with_accuracy_control, max drop 0.01: {seconds:.0f} s"
+            )
+        except Exception as exc:  # NNCF raises many kinds; the table says what happened
+            print(f"accuracy-controlled INT8 failed: {type(exc).__name__}: {exc}")
 
-    print("\n## Reduced precision per photograph (detections above 0.3 vs eager PyTorch fp32)\n")
-    print("| backend | photo | matched | max box diff (px) | max score diff | lost / extra |")
-    print("|---|---|---|---|---|---|")
-    for name, rows in per_photo.items():
-        for photo_name, a in rows:
-            misses = "; ".join(a.lost + a.extra) or "none"
-            print(f"| {name} | {photo_name} | {a.matched} | {a.max_box_px:.2f} | {a.max_score_diff:.4f} | {misses} |")
-
-    eligible = [n for n, (_, _, ok) in built.items() if ok]
-    fastest = min(eligible, key=lambda n: built[n][1])
-    print(f"\nfastest meeting the bar: {fastest}")
-
-    print("\n## End to end: JPEG bytes → detections (ms/image)\n")
-    print("| path | batch | decode | preprocess | network | postprocess | total | images/s | vs eager before |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    paths = [("eager torch, path before issue 6", "torch", True), ("eager torch, path now", "torch", False)]
-    paths.append((f"{fastest}, path now", fastest, False))
-    # Rounds alternate between the paths, so a burst of load from elsewhere hits them alike; best round per stage.
-    best: dict[tuple[str, int], dict[str, float]] = {}
-    for round_index in range(args.repeats + 1):
-        for label, name, before in paths:
-            reference.backend = built[name][0]
-            for batch_size in (1, 8):
-                times = one_round(reference, jpegs, batch_size, before)
-                if round_index == 0:
-                    continue  # warm-up
-                key = (label, batch_size)
-                best[key] = {k: min(v, best.get(key, {}).get(k, v)) for k, v in times.items()}
-    first = best[(paths[0][0], 8)]["total"]
-    for (label, batch_size), s in best.items():
-        print(
-            f"| {label} | {batch_size} | {s['decode']:.2f} | {s['preprocess']:.2f} | {s['network']:.2f} | "
-            f"{s['postprocess']:.2f} | {s['total']:.2f} | {1000 / s['total']:.0f} | {first / s['total']:.1f}× |"
-        )
-    fast_total = best[(paths[2][0], 8)]["total"]
-    now = best[(paths[1][0], 8)]["total"] / fast_total
     print(
-        f"\nbatch 8 end to end: {fastest} is {now:.1f}× eager PyTorch on today's path, {first / fast_total:.1f}× before"
+        f"\n## Network alone on {args.weights} (ms/image, best of {args.repeats}); accuracy on {len(arrays)} images\n"
     )
+    print("| backend | batch 1 | batch 8 | speedup b8 vs torch | accuracy bar | agreement AP vs fp32 |"
+          + (" AP, annotated photos |" if labelled else ""))  # fmt: skip
+    print("|---|---|---|---|---|---|" + ("---|" if labelled else ""))
+    base = None
+    for name, engine in engines.items():
+        repeats = max(2, args.repeats // 2) if name == "torch" else args.repeats
+        b1 = best_ms(lambda e=engine: [e(timing8[i : i + 1]) for i in range(8)], repeats) / 8
+        b8 = best_ms(lambda e=engine: e(timing8), repeats) / 8
+        base = base or b8
+        got = reference.postprocess(*run_batches(engine, batches), sizes, score_threshold=MATCH_SCORE)
+        agreement = compare_detections(ref_dets, got, names)
+        verdict = ("meets: " if agreement.passed else "fails: ") + (
+            f"min IoU {agreement.min_iou:.3f}, max score diff {agreement.max_score_diff:.3f}, "
+            f"{len(agreement.lost)} lost, {len(agreement.extra)} extra"
+        )
+        ap = agreement_ap(ref_dets, got, reference.spec.labels)
+        row = f"| {name} | {b1:.2f} | {b8:.2f} | {base / b8:.1f}× | {verdict} | {ap:.3f} |"
+        if labelled:
+            row += f" {labelled_ap(reference, engine):.3f} |"
+        print(row)
+    for name, note in notes.items():
+        print(f"- {name}: {note}")
+
+    detector = Detector.from_weights(args.weights, backend="auto")
+    print(f"\n## End to end on auto's backend ({detector.backend.name}): 640×480 JPEG bytes → detections, ms/image\n")
+    jpegs = camera_frames(16)
+    print("| batch | decode | preprocess (exact) | preprocess (fast) | network | postprocess | total (fast) | img/s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for batch_size in (1, 8):
+        stats: dict[str, float] = {}
+        for _ in range(args.repeats):
+            t = {}
+            start = time.perf_counter()
+            decoded = [images.load_image(j) for j in jpegs]
+            t["decode"] = time.perf_counter() - start
+            chunks = [decoded[i : i + batch_size] for i in range(0, len(decoded), batch_size)]
+            start = time.perf_counter()
+            [detector.preprocess(c, exact=True) for c in chunks]
+            t["exact"] = time.perf_counter() - start
+            start = time.perf_counter()
+            prepared = [detector.preprocess(c) for c in chunks]
+            t["fast"] = time.perf_counter() - start
+            start = time.perf_counter()
+            raws = [detector.predict_raw(b) for b in prepared]
+            t["network"] = time.perf_counter() - start
+            start = time.perf_counter()
+            for chunk, raw in zip(chunks, raws, strict=True):
+                detector.postprocess(*raw, [a.shape[:2] for a in chunk])
+            t["post"] = time.perf_counter() - start
+            stats = {k: min(v, stats.get(k, v)) for k, v in t.items()}
+        n = len(jpegs)
+        total = stats["decode"] + stats["fast"] + stats["network"] + stats["post"]
+        print(
+            f"| {batch_size} | {stats['decode'] * 1000 / n:.2f} | {stats['exact'] * 1000 / n:.2f} | "
+            f"{stats['fast'] * 1000 / n:.2f} | {stats['network'] * 1000 / n:.2f} | {stats['post'] * 1000 / n:.2f} | "
+            f"{total * 1000 / n:.2f} | {n / total:.0f} |"
+        )
+    print(json.dumps({"auto": detector.backend.name, "reason": detector.backend_reason[:200]}))
 
 
 if __name__ == "__main__":

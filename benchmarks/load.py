@@ -1,195 +1,170 @@
-"""Closed-loop load on the HTTP service, side by side with the raw ``Detector`` on the same photographs.
+"""The HTTP service under load from an external generator (wrk), side by side with the raw ``Detector``.
 
-For each concurrency (default 1, 2, 4, 8, 16, 32) that many clients each send one photo, wait for the answer and
-send the next, for ``--duration`` seconds after ``--warmup``; the table gives throughput, p50/p90/p99 latency,
-errors (any non-200) and the mean batch size (images per forward pass, from the service's own metrics). In the same
-run the raw ``Detector`` is timed in-process, before and after the service levels (the mean of both is used):
-``detect`` on the encoded photos in batches of the service's max batch size (decode + inference, the same work a
-request does), ``detect_arrays`` on decoded pixels (inference alone), and one photo at a time (decode + inference)
-as the latency floor for concurrency 1.
+The service runs as ``python -m api`` (the default model, ``auto`` backend, its default settings); wrk, a C load
+generator from Debian (``apt-get install wrk``), posts camera frames as raw JPEG bodies over keep-alive connections,
+closed loop, so the client costs the server's two cores little. For each traffic kind (640×480 JPEG, 1280×720 JPEG,
+640×480 PNG) and concurrency (default 1 and 16): requests/s, p50/p90/p99 latency, errors (non-2xx or socket). In the
+same run the raw ``Detector`` (the same model and backend, in this process while the service idles) is timed on the
+same frames: decode + ``detect_arrays`` in batches of 8 (what the service's batches do) and one frame at a time
+(the latency floor for concurrency 1). Also the server's cold start (process start to ``/readyz`` 200, the backend
+choice cached) and its resident memory after the load.
 
-    .venv/bin/python benchmarks/load.py [--duration 10] [--concurrency 1,2,4,8,16,32] [--json out.json]
+    .venv/bin/python benchmarks/load.py [--duration 10] [--concurrency 1,16] [--kinds jpeg640,jpeg1280,png640]
+
+Goals (issue 11): at 16 connections ≥ 0.9× the raw detector (and ≥ 150 img/s where the CPU has AMX); at one
+connection p50 ≤ 1.2× the raw single-frame latency; zero errors; RSS ≤ 400 MB.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
-import os
+import shutil
 import statistics
-import threading
+import subprocess
+import sys
+import tempfile
 import time
+import urllib.request
+from pathlib import Path
 
-# The same OpenMP setting as `python -m api` (see api/__main__.py), so the raw timings compare like with like.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from PIL import Image
 
-import torch
-from _service import Client, load_photos, metric_values, running_service
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from api.settings import Settings
+from api.testing.live import running_service
 from detector.images import load_image
 from detector.inference import Detector
+from detector.machine import describe_cpu_line
+from detector.samples import ALL_PHOTOS, photo
+
+KINDS = {"jpeg640": ("JPEG", (640, 480)), "jpeg1280": ("JPEG", (1280, 720)), "png640": ("PNG", (640, 480))}
+CONTENT_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png"}
+
+WRK_SCRIPT = r"""
+local bodies = {}
+local content_type = "image/jpeg"
+local counter = 0
+function init(args)
+  content_type = args[1]
+  for i = 2, #args do
+    local f = assert(io.open(args[i], "rb")); bodies[#bodies + 1] = f:read("*all"); f:close()
+  end
+end
+function request()
+  counter = counter + 1
+  return wrk.format("POST", "/v1/detect", {["Content-Type"] = content_type}, bodies[counter % #bodies + 1])
+end
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('RESULT {"requests": %d, "duration_us": %d, "p50": %d, "p90": %d, "p99": %d, ' ..
+    '"errors": %d}\n', summary.requests, summary.duration, latency:percentile(50), latency:percentile(90),
+    latency:percentile(99), e.connect + e.read + e.write + e.status + e.timeout))
+end
+"""
 
 
-def percentile(values: list[float], q: float) -> float:
-    """The ``q``-th percentile (0..100), nearest rank."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))]
+def frames(kind: str, count: int = 12) -> list[bytes]:
+    """``count`` camera-sized frames of ``kind`` from the sample photographs (JPEG quality 90)."""
+    format_, size = KINDS[kind]
+    out = []
+    for name in list(ALL_PHOTOS)[:count]:
+        buffer = io.BytesIO()
+        image = Image.fromarray(load_image(photo(name))).resize(size)
+        image.save(buffer, format=format_, **({"quality": 90} if format_ == "JPEG" else {}))
+        out.append(buffer.getvalue())
+    return out
 
 
-def run_level(url: str, photos: list[tuple[str, bytes, str]], concurrency: int, warmup: float, duration: float):
-    """One closed-loop level: returns throughput, latencies (s) and error count within the measured window."""
-    start = time.monotonic()
-    window_start, window_end = start + warmup, start + warmup + duration
-    records: list[tuple[float, float, int]] = []
-    lock = threading.Lock()
-
-    def client_loop(index: int) -> None:
-        client = Client(url)
-        mine = []
-        i = index
-        while time.monotonic() < window_end:
-            _, body, content_type = photos[i % len(photos)]
-            i += 1
-            t0 = time.monotonic()
-            status, _ = client.detect(body, content_type)
-            mine.append((t0, time.monotonic(), status))
-        client.close()
-        with lock:
-            records.extend(mine)
-
-    before: dict[str, float] = {}
-    timer = threading.Timer(warmup, lambda: before.update(metric_values(url, BATCH_METRICS)))
-    timer.start()
-    threads = [threading.Thread(target=client_loop, args=(i,)) for i in range(concurrency)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    timer.join()
-    after = metric_values(url, BATCH_METRICS)
-    measured = [(t0, t1, s) for t0, t1, s in records if t0 >= window_start and t1 <= window_end]
-    ok = [t1 - t0 for t0, t1, s in measured if s == 200]
-    batches = after["detector_batch_size_count"] - before.get("detector_batch_size_count", 0)
-    images = after["detector_batch_size_sum"] - before.get("detector_batch_size_sum", 0)
-    return {
-        "concurrency": concurrency,
-        "requests": len(measured),
-        "throughput": len(ok) / duration,
-        "p50_ms": percentile(ok, 50) * 1000,
-        "p90_ms": percentile(ok, 90) * 1000,
-        "p99_ms": percentile(ok, 99) * 1000,
-        "errors": sum(1 for *_, s in measured if s != 200),
-        "mean_batch": images / batches if batches else float("nan"),
-    }
+def run_wrk(url: str, files: list[Path], content_type: str, connections: int, seconds: float) -> dict:
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(WRK_SCRIPT)
+    threads = min(2, connections)
+    duration = max(1, round(seconds))
+    command = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--timeout", "10s", "-s", script.name]
+    output = subprocess.run([*command, url, "--", content_type, *map(str, files)], capture_output=True, text=True)
+    line = next(text for text in output.stdout.splitlines() if text.startswith("RESULT "))
+    result = json.loads(line.removeprefix("RESULT "))
+    result["rate"] = result["requests"] / (result["duration_us"] / 1e6)
+    return result
 
 
-BATCH_METRICS = ("detector_batch_size_sum", "detector_batch_size_count")
-
-
-def time_raw_batched(detector: Detector, encoded: list[bytes], batch_size: int) -> float:
-    """The raw Detector's throughput (images/s) on encoded photos: ``detect`` decodes and runs batches."""
-    t0 = time.perf_counter()
-    detector.detect(encoded, batch_size=batch_size)
-    return len(encoded) / (time.perf_counter() - t0)
-
-
-def time_raw_inference(detector: Detector, arrays: list, batch_size: int) -> float:
-    """The raw Detector's throughput (images/s) on decoded pixels: ``detect_arrays`` alone."""
-    t0 = time.perf_counter()
-    for start in range(0, len(arrays), batch_size):
-        detector.detect_arrays(arrays[start : start + batch_size])
-    return len(arrays) / (time.perf_counter() - t0)
-
-
-def time_raw_single(detector: Detector, photos: list[tuple[str, bytes, str]], rounds: int = 2) -> float:
-    """Median latency (ms) of decoding one photo and detecting in it alone."""
+def raw_rates(detector: Detector, encoded: list[bytes], repeats: int = 5) -> tuple[float, float]:
+    """(images/s of decode + detect_arrays in batches of 8, median ms of one frame decoded and detected)."""
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for i in range(0, len(encoded), 8):
+            detector.detect_arrays([load_image(data) for data in encoded[i : i + 8]])
+        rates.append(len(encoded) / (time.perf_counter() - start))
     singles = []
-    for _ in range(rounds):
-        for _, data, _ in photos:
-            t0 = time.perf_counter()
+    for _ in range(repeats):
+        for data in encoded:
+            start = time.perf_counter()
             detector.detect_arrays([load_image(data)])
-            singles.append(time.perf_counter() - t0)
-    return statistics.median(singles) * 1000
+            singles.append(time.perf_counter() - start)
+    return statistics.median(rates), statistics.median(singles) * 1000
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--concurrency", default="1,2,4,8,16,32", help="comma-separated levels")
-    parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per level")
-    parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds before each level")
-    parser.add_argument("--raw-images", type=int, default=48, help="images per raw Detector timing")
-    parser.add_argument("--json", dest="json_out", help="also write the results here")
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--concurrency", default="1,16")
+    parser.add_argument("--kinds", default="jpeg640,jpeg1280,png640")
+    parser.add_argument("--warmup", type=float, default=3.0)
     args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        print("needs wrk: apt-get install wrk", file=sys.stderr)
+        return 1
+    print(describe_cpu_line())
+    detector = Detector.from_weights(backend="auto")
+    print(f"model {detector.spec.name}, backend {detector.backend.name}; wrk {args.duration:g} s per level")
     levels = [int(c) for c in args.concurrency.split(",")]
-    settings = Settings()
-    torch.set_num_threads(settings.threads)
-    photos = load_photos()
-    # The same engine as the service's (DETECTOR_BACKEND, default auto), so the ratio compares like with like.
-    detector = Detector.from_weights(None, backend=settings.backend)
-    print(f"backend: {detector.info()['backend']} (DETECTOR_BACKEND={settings.backend})")
-    encoded = [photos[i % len(photos)][1] for i in range(args.raw_images)]
-    arrays = [load_image(data) for data in encoded]
-    detector.detect(encoded[: settings.max_batch_size], batch_size=settings.max_batch_size)  # warm-up
-    rows = []
-    # This machine is shared and noisy: each level is measured between two raw timings, and compared with them.
-    with running_service() as (url, _):
-        for level in levels:
-            raw_before = time_raw_batched(detector, encoded, settings.max_batch_size)
-            single_before = time_raw_single(detector, photos) if level == 1 else float("nan")
-            row = run_level(url, photos, level, args.warmup, args.duration)
-            raw_after = time_raw_batched(detector, encoded, settings.max_batch_size)
-            single_after = time_raw_single(detector, photos) if level == 1 else float("nan")
-            row["raw_with_decode"] = (raw_before + raw_after) / 2
-            row["raw_single_p50_ms"] = (single_before + single_after) / 2
-            row["vs_raw"] = row["throughput"] / row["raw_with_decode"]
-            rows.append(row)
-            print(
-                f"  c={level}: {row['throughput']:.1f} img/s (raw {raw_before:.1f} / {raw_after:.1f}), "
-                f"p50 {row['p50_ms']:.0f} ms, batch {row['mean_batch']:.2f}",
-                flush=True,
-            )
-    raw_inference = time_raw_inference(detector, arrays, settings.max_batch_size)
-
-    print(
-        f"\nservice: threads={settings.threads} max_batch_size={settings.max_batch_size} "
-        f"max_wait_ms={settings.max_wait_ms}; {len(photos)} photos, one per request; {args.duration:.0f} s per level"
-    )
-    print(
-        f"{'conc':>4} {'img/s':>7} {'p50 ms':>7} {'p90 ms':>7} {'p99 ms':>7} {'errors':>6} {'batch':>6} "
-        f"{'raw img/s':>9} {'ratio':>6}"
-    )
-    for r in rows:
-        print(
-            f"{r['concurrency']:>4} {r['throughput']:>7.1f} {r['p50_ms']:>7.1f} {r['p90_ms']:>7.1f} "
-            f"{r['p99_ms']:>7.1f} {r['errors']:>6} {r['mean_batch']:>6.2f} "
-            f"{r['raw_with_decode']:>9.1f} {r['vs_raw']:>6.2f}"
-        )
-    print(
-        f"\nraw: Detector.detect, batches of {settings.max_batch_size}, decode + inference, "
-        "timed just before and after each level (mean)"
-    )
-    print(
-        f"raw Detector.detect_arrays, batches of {settings.max_batch_size}, inference only: {raw_inference:.1f} img/s"
-    )
-    by_level = {r["concurrency"]: r for r in rows}
-    summary = {}
-    summary: dict[str, float] = {"raw_inference_only": raw_inference}
-    if 16 in by_level:
-        summary["c16_vs_raw"] = by_level[16]["vs_raw"]
-        print(f"\nc=16 throughput / raw (decode + inference): {summary['c16_vs_raw']:.2f}  (goal ≥ 0.85)")
-    if 1 in by_level:
-        summary["c1_p50_vs_single"] = by_level[1]["p50_ms"] / by_level[1]["raw_single_p50_ms"]
-        print(
-            f"c=1 p50 {by_level[1]['p50_ms']:.1f} ms / one-photo decode + inference "
-            f"{by_level[1]['raw_single_p50_ms']:.1f} ms: {summary['c1_p50_vs_single']:.2f}  (goal ≤ 1.3)"
-        )
-    if args.json_out:
-        with open(args.json_out, "w") as f:
-            json.dump({"levels": rows, "summary": summary}, f, indent=2)
+    with tempfile.TemporaryDirectory() as tmp:
+        started = time.monotonic()
+        with running_service({"DETECTOR_BACKEND": "auto"}) as service:
+            cold_start = time.monotonic() - started
+            pid = service.process.pid
+            info = json.loads(urllib.request.urlopen(f"{service.url}/v1/model", timeout=10).read())
+            print(f"service: cold start {cold_start:.2f} s (process start to ready), backend {info['backend']}")
+            print("| traffic | connections | img/s | p50 ms | p90 ms | p99 ms | errors | raw Detector | ratio |")
+            print("|---|---|---|---|---|---|---|---|---|")
+            for kind in args.kinds.split(","):
+                encoded = frames(kind)
+                files = []
+                for i, data in enumerate(encoded):
+                    path = Path(tmp) / f"{kind}-{i}.bin"
+                    path.write_bytes(data)
+                    files.append(path)
+                content_type = CONTENT_TYPES[KINDS[kind][0]]
+                run_wrk(service.url, files, content_type, max(levels), args.warmup)  # warm-up
+                raw_before = raw_rates(detector, encoded)
+                results = {c: run_wrk(service.url, files, content_type, c, args.duration) for c in levels}
+                raw_after = raw_rates(detector, encoded)
+                raw_rate = (raw_before[0] + raw_after[0]) / 2
+                raw_single = (raw_before[1] + raw_after[1]) / 2
+                for connections, r in results.items():
+                    if connections == 1:
+                        reference, ratio = f"{raw_single:.1f} ms/frame", r["p50"] / 1000 / raw_single
+                        ratio_text = f"p50 {ratio:.2f}× (goal ≤ 1.2×)"
+                    else:
+                        reference, ratio = f"{raw_rate:.1f} img/s", r["rate"] / raw_rate
+                        ratio_text = f"{ratio:.2f}× (goal ≥ 0.9×)"
+                    print(
+                        f"| {kind} | {connections} | {r['rate']:.1f} | {r['p50'] / 1000:.1f} | {r['p90'] / 1000:.1f} |"
+                        f" {r['p99'] / 1000:.1f} | {r['errors']} | {reference} | {ratio_text} |"
+                    )
+            print(f"service RSS after the load: {rss_mib(pid):.0f} MiB (goal ≤ 400)")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -4,6 +4,8 @@ torchvision's ``DefaultBoxGenerator`` cannot express this grid: it puts 6 boxes 
 lowest to 3, with a 0.1-scale box), orders them [1, 1', 2, 1/2, ...] (TF appends the interpolated box last), clips
 box sizes (TF does not) and works in pixels. Sources: tensorflow/models research/object_detection
 ``anchor_generators/multiple_grid_anchor_generator.py`` and ``grid_anchor_generator.py`` (``tile_anchors``).
+
+numpy only: the service computes anchors without torch; the model registers them as a buffer.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import itertools
 from collections.abc import Sequence
 
 import numpy as np
-import torch
 
 from detector import defaults
 
@@ -51,8 +52,24 @@ def num_anchors_per_location(specs: Sequence[Sequence[BoxSpec]]) -> list[int]:
     return [len(layer_specs) for layer_specs in specs]
 
 
-def ssd_anchors(feature_map_sizes: Sequence[tuple[int, int]], specs: Sequence[Sequence[BoxSpec]]) -> torch.Tensor:
-    """All anchors of an image, (A, 4) xyxy normalized to [0, 1] (not clipped: they may reach past the image).
+def feature_map_sizes(image_size: int, num_layers: int = 6) -> list[tuple[int, int]]:
+    """(height, width) of each SSDLite feature map for a square ``image_size`` input.
+
+    Every stride-2 convolution pads TF's 'SAME' way, so each halves with ``ceil``: the first map is the stride-16
+    expansion, the second the stride-32 ``Conv_1``, and each extra layer halves again (300 → 19, 10, 5, 3, 2, 1).
+    """
+    size = image_size
+    for _ in range(4):  # the stem and the three stride-2 blocks before the stride-16 map
+        size = -(-size // 2)
+    sizes = []
+    for _ in range(num_layers):
+        sizes.append((size, size))
+        size = -(-size // 2)
+    return sizes
+
+
+def ssd_anchors(feature_map_sizes: Sequence[tuple[int, int]], specs: Sequence[Sequence[BoxSpec]]) -> np.ndarray:
+    """All anchors of an image, (A, 4) float32 xyxy normalized to [0, 1] (not clipped: they may reach past it).
 
     Order: box spec fastest, then x, then y, then layer, finest layer first, the order of the predictor outputs.
     Arithmetic follows ``tile_anchors`` in float32 op by op (stride = 1 / grid, offset = stride / 2,
@@ -61,20 +78,25 @@ def ssd_anchors(feature_map_sizes: Sequence[tuple[int, int]], specs: Sequence[Se
     """
     if len(feature_map_sizes) != len(specs):
         raise ValueError(f"{len(feature_map_sizes)} feature maps but box specs for {len(specs)} layers")
-    one = torch.tensor(1.0, dtype=torch.float32)
-    half = torch.tensor(0.5, dtype=torch.float32)
+    one, half = np.float32(1.0), np.float32(0.5)
     layers = []
     for (grid_h, grid_w), layer_specs in zip(feature_map_sizes, specs, strict=True):
-        scales = torch.tensor([s for s, _ in layer_specs], dtype=torch.float32)
-        ratio_sqrts = torch.sqrt(torch.tensor([r for _, r in layer_specs], dtype=torch.float32))
+        scales = np.array([s for s, _ in layer_specs], dtype=np.float32)
+        ratio_sqrts = np.sqrt(np.array([r for _, r in layer_specs], dtype=np.float32))
         heights = scales / ratio_sqrts
         widths = scales * ratio_sqrts
-        stride_y, stride_x = one / grid_h, one / grid_w
-        y_centers = torch.arange(grid_h, dtype=torch.float32) * stride_y + half * stride_y
-        x_centers = torch.arange(grid_w, dtype=torch.float32) * stride_x + half * stride_x
+        stride_y, stride_x = one / np.float32(grid_h), one / np.float32(grid_w)
+        y_centers = np.arange(grid_h, dtype=np.float32) * stride_y + half * stride_y
+        x_centers = np.arange(grid_w, dtype=np.float32) * stride_x + half * stride_x
         # (grid_h, grid_w, num_specs) grids, flattened with the spec index fastest.
-        yc, xc, h = torch.broadcast_tensors(y_centers[:, None, None], x_centers[None, :, None], heights)
-        w = torch.broadcast_tensors(yc, widths)[1]
+        yc, xc, h = np.broadcast_arrays(y_centers[:, None, None], x_centers[None, :, None], heights)
+        w = np.broadcast_arrays(yc, widths)[1]
         yc, xc, h, w = (t.reshape(-1) for t in (yc, xc, h, w))
-        layers.append(torch.stack([xc - half * w, yc - half * h, xc + half * w, yc + half * h], dim=1))
-    return torch.cat(layers)
+        layers.append(np.stack([xc - half * w, yc - half * h, xc + half * w, yc + half * h], axis=1))
+    return np.concatenate(layers).astype(np.float32, copy=False)
+
+
+def anchors_for(image_size: int) -> np.ndarray:
+    """The (A, 4) anchors of the SSDLite-MobileNetV2 recipe at ``image_size`` (1917 at 300), without the network."""
+    specs = ssd_box_specs()
+    return ssd_anchors(feature_map_sizes(image_size, len(specs)), specs)

@@ -11,14 +11,14 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, get_args
-
-import torch
+from typing import TYPE_CHECKING, Literal, get_args
 
 from detector.backends.onnx import RAW_TOLERANCE, check_batch, max_abs_diff, onnx_bytes
 from detector.cache import write_atomic
 from detector.errors import BackendUnavailable, ExportError
-from detector.model import SSDLite
+
+if TYPE_CHECKING:
+    from detector.model import SSDLite
 
 ExportFormat = Literal["onnx", "openvino"]
 FORMATS: tuple[ExportFormat, ...] = get_args(ExportFormat)
@@ -42,6 +42,8 @@ def export(model: SSDLite, out: str | Path, *, format: ExportFormat) -> ExportRe
         ExportError: unknown format, unwritable path, or outputs beyond the tolerance (the file is then removed).
         BackendUnavailable: the engine needed to write or check the format is not installed.
     """
+    import torch
+
     if format not in FORMATS:
         raise ExportError(f"unknown export format {format!r}; choose from {', '.join(FORMATS)}")
     out = Path(out)
@@ -61,8 +63,8 @@ def export(model: SSDLite, out: str | Path, *, format: ExportFormat) -> ExportRe
         raise ExportError(f"cannot write {out}: {exc.strerror or exc}") from None
     batch = check_batch(model.image_size)
     with torch.inference_mode():
-        reference = model(batch)
-    diff = max_abs_diff(reference, _engine_for(out, format)(batch))
+        codes, logits = model(torch.from_numpy(batch))
+    diff = max_abs_diff((codes.numpy(), logits.numpy()), _engine_for(out, format)(batch))
     if not diff <= RAW_TOLERANCE:
         for path in written:
             path.unlink(missing_ok=True)

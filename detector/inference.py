@@ -1,8 +1,11 @@
 """The Python API: ``Detector.from_weights(...).detect(images)``.
 
-A ``Detector`` owns one network in inference form (batch norm folded into the convolutions, eval mode, no
-autograd), the backend that runs it, and the whole path around it: load/convert pixels, TF-exact preprocessing, the
-forward pass, decoding and NMS, and boxes mapped back to the original image's pixels.
+A ``Detector`` owns the engine that runs the network (:mod:`detector.backends`) and the whole path around it: load
+and convert pixels, TF-exact preprocessing, the forward pass, decoding and NMS, and boxes mapped back to the
+original image's pixels. Everything but the engine is numpy: a detector on ONNX Runtime or OpenVINO whose engine
+file is in the cache (``make install`` exports it) is built from the weights file's metadata and that file alone,
+and never imports torch. The network itself (eager PyTorch, batch norm folded) is loaded when something asks for it:
+the ``torch`` backend, the reference outputs, exporting, measuring backends.
 """
 
 from __future__ import annotations
@@ -10,24 +13,31 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
-import torch
-from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from detector import defaults
+from detector.anchors import anchors_for
 from detector.backends.base import Backend, BackendChoice
-from detector.backends.factory import build_backend
+from detector.backends.factory import FROM_EXPORT, build_backend, build_from_export
+from detector.backends.onnx import weights_key
 from detector.builtin import resolve_weights
+from detector.cache import file_digest
 from detector.images import ImageInput, load_image
-from detector.model import SSDLite
 from detector.postprocess import detections_in_pixels
 from detector.preprocess import preprocess
 from detector.results import ImageDetections, ModelInfo
 from detector.spec import ModelSpec
-from detector.weights import load_weights
+from detector.weights import load_weights, read_spec
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from detector.model import SSDLite
+
+REFERENCE_REASON = "the default: eager PyTorch, the reference"
 
 
 def fold_batch_norms(module: nn.Module) -> nn.Module:
@@ -35,6 +45,9 @@ def fold_batch_norms(module: nn.Module) -> nn.Module:
 
     Inference then does one multiply-add per weight instead of a conv followed by a per-channel affine pass.
     """
+    from torch import nn
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
     for child in module.children():
         fold_batch_norms(child)
     if isinstance(module, nn.Sequential):
@@ -48,9 +61,10 @@ def fold_batch_norms(module: nn.Module) -> nn.Module:
 
 def inference_network(model: SSDLite, device: str | torch.device = "cpu") -> SSDLite:
     """A copy of ``model`` in inference form: eval mode, batch norm folded, on ``device``."""
+    import torch
+
     network = fold_batch_norms(copy.deepcopy(model).eval()).to(torch.device(device))
-    assert isinstance(network, SSDLite)
-    return network
+    return cast("SSDLite", network)
 
 
 class Detector:
@@ -60,46 +74,55 @@ class Detector:
     memory, e.g. while training).
 
     Args:
-        network: the network in inference form (:func:`inference_network`), on ``device``.
-        spec: its description (labels, input size, pre- and post-processing).
-        backend: the engine running ``network`` (:mod:`detector.backends`).
+        spec: the model's description (labels, input size, pre- and post-processing).
+        backend: the engine running the network (:mod:`detector.backends`).
+        network: the network in inference form (:func:`inference_network`), if already loaded.
+        weights: the weights file, to load the network from when it is first needed.
         digest: SHA-256 of the weights file, reported by ``info``.
+        device: where the network runs (for the torch backends).
         backend_reason: why that backend, for ``info``.
     """
 
     def __init__(
         self,
-        network: SSDLite,
         spec: ModelSpec,
         *,
         backend: Backend,
+        network: SSDLite | None = None,
+        weights: Path | None = None,
         digest: str = "",
-        backend_reason: str = "the default: eager PyTorch, the reference",
+        device: str = "cpu",
+        backend_reason: str = REFERENCE_REASON,
     ):
+        if network is None and weights is None:
+            raise ValueError("a Detector needs its network or the weights file to load it from")
         self.spec = spec
         self.digest = digest
-        self.model = network
-        self.device = next(network.parameters()).device
+        self.device = device
         self.backend = backend
         self.backend_reason = backend_reason
-        self.anchors = network.anchors
+        self.anchors = anchors_for(spec.image_size)
+        self._network = network
+        self._weights = weights
 
     @classmethod
-    def from_model(
-        cls, model: SSDLite, spec: ModelSpec, *, device: str | torch.device = "cpu", digest: str = ""
-    ) -> Detector:
+    def from_model(cls, model: SSDLite, spec: ModelSpec, *, device: str = "cpu", digest: str = "") -> Detector:
         """A detector running a copy of ``model`` (left as it is) in eager PyTorch on ``device``."""
         network = inference_network(model, device)
-        return cls(network, spec, backend=build_backend("torch", network, device=device), digest=digest)
+        return cls(
+            spec, backend=build_backend("torch", network, device=device), network=network, digest=digest, device=device
+        )
 
     @classmethod
     def from_weights(
         cls,
         weights: str | Path | None = None,
         *,
-        device: str | torch.device = "cpu",
+        device: str = "cpu",
         backend: BackendChoice = "torch",
         check_images: Sequence[np.ndarray] = (),
+        threads: int | None = None,
+        allow_int8: bool = False,
     ) -> Detector:
         """Load a weights file or a built-in model by name; ``None`` is the default built-in model.
 
@@ -108,27 +131,82 @@ class Detector:
                 per machine and cached), or a name from :data:`detector.backends.base.BACKEND_NAMES`.
             check_images: RGB uint8 photographs: ``auto`` judges reduced-precision backends on them (without
                 any it refuses those), ``openvino-int8`` calibrates on them.
+            threads: CPU threads of the engine (default: the CPUs this process may use).
+            allow_int8: let ``auto`` consider INT8 (it must still meet the accuracy bar).
 
         Raises:
             detector.errors.WeightsError: the file or built-in model is missing or does not fit.
             detector.errors.BackendUnavailable: the named backend cannot run here.
         """
-        loaded = load_weights(resolve_weights(weights))
-        network = inference_network(loaded.model, device)
+        path = resolve_weights(weights)
+        spec = read_spec(path)
+        digest = file_digest(path)
+        lean = cls._from_export(spec, path, digest, backend, device, check_images, threads, allow_int8)
+        if lean is not None:
+            return lean
+        network = inference_network(load_weights(path).model, device)
+        key = weights_key(digest)
         if backend == "auto":
             from detector.backends.selection import select_backend
 
-            engine, choice = select_backend(network, loaded.spec, check_images, digest=loaded.digest, device=device)
+            engine, choice = select_backend(
+                network, spec, check_images, digest=digest, device=device, threads=threads, allow_int8=allow_int8
+            )
             reason = f"auto: {choice.reason}"
         elif backend == "torch":
-            engine, reason = build_backend("torch", network, device=device), "the default: eager PyTorch, the reference"
+            engine, reason = build_backend("torch", network, device=device, threads=threads), REFERENCE_REASON
         else:
-            pre = loaded.spec.preprocessing
-            size = loaded.spec.image_size
-            calibration = [preprocess(check_images, size, pre.pixel_scale, pre.pixel_offset)] if check_images else []
-            engine = build_backend(backend, network, device=device, calibration=calibration)
+            pre = spec.preprocessing
+            calibration = (
+                [preprocess(check_images, spec.image_size, pre.pixel_scale, pre.pixel_offset, exact=True)]
+                if check_images
+                else []
+            )
+            engine = build_backend(backend, network, device=device, calibration=calibration, key=key, threads=threads)
             reason = "asked for by name"
-        return cls(network, loaded.spec, backend=engine, digest=loaded.digest, backend_reason=reason)
+        return cls(
+            spec, backend=engine, network=network, weights=path, digest=digest, device=device, backend_reason=reason
+        )
+
+    @classmethod
+    def _from_export(
+        cls,
+        spec: ModelSpec,
+        path: Path,
+        digest: str,
+        backend: BackendChoice,
+        device: str,
+        check_images: Sequence[np.ndarray],
+        threads: int | None,
+        allow_int8: bool,
+    ) -> Detector | None:
+        """The detector without its network, when its engine can run the cached export (no torch); else None."""
+        if str(device) != "cpu":
+            return None
+        name, reason = str(backend), "asked for by name"
+        if backend == "auto":
+            from detector.backends.selection import cached_choice
+
+            choice = cached_choice(
+                spec, digest, device=device, with_photographs=bool(check_images), allow_int8=allow_int8
+            )
+            if choice is None:
+                return None
+            name, reason = choice.name, f"auto: {choice.reason}"
+        if name not in FROM_EXPORT:
+            return None
+        engine = build_from_export(name, weights_key(digest), threads=threads)
+        if engine is None:
+            return None
+        return cls(spec, backend=engine, weights=path, digest=digest, device=device, backend_reason=reason)
+
+    @property
+    def model(self) -> SSDLite:
+        """The network in inference form (eager PyTorch), loaded from the weights file on first use."""
+        if self._network is None:
+            assert self._weights is not None
+            self._network = inference_network(load_weights(self._weights).model, self.device)
+        return self._network
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -152,26 +230,29 @@ class Detector:
             backend_reason=self.backend_reason,
         )
 
-    def predict_raw(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def predict_raw(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The network alone, on the backend: (N, 3, S, S) preprocessed input → (N, A, 4) box codes, (N, A, K)
         logits, float32."""
         return self.backend(batch)
 
-    @torch.inference_mode()
-    def model_outputs(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def model_outputs(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Like :meth:`predict_raw`, always with eager PyTorch fp32: the reference other backends are checked on."""
-        return self.model(batch.to(self.device))
+        import torch
 
-    def preprocess(self, arrays: Sequence[np.ndarray]) -> torch.Tensor:
-        """RGB uint8 (H, W, 3) arrays → the network's (N, 3, S, S) input."""
+        with torch.inference_mode():
+            codes, logits = self.model(torch.from_numpy(np.ascontiguousarray(batch, np.float32)).to(self.device))
+        return codes.float().cpu().numpy(), logits.float().cpu().numpy()
+
+    def preprocess(self, arrays: Sequence[np.ndarray], *, exact: bool = False) -> np.ndarray:
+        """RGB uint8 (H, W, 3) arrays → the network's (N, 3, S, S) float32 input (``exact``: the bit-exact
+        reference resize; default: the fast one, see :mod:`detector.preprocess`)."""
         pre = self.spec.preprocessing
-        return preprocess(arrays, self.spec.image_size, pre.pixel_scale, pre.pixel_offset)
+        return preprocess(arrays, self.spec.image_size, pre.pixel_scale, pre.pixel_offset, exact=exact)
 
-    @torch.inference_mode()
     def postprocess(
         self,
-        box_codes: torch.Tensor,
-        class_logits: torch.Tensor,
+        box_codes: np.ndarray,
+        class_logits: np.ndarray,
         sizes: Sequence[tuple[int, int]],
         *,
         score_threshold: float = defaults.SCORE_THRESHOLD,
@@ -220,9 +301,7 @@ class Detector:
             raise ValueError(f"score_threshold must be in [0, 1], got {score_threshold}")
         if max_detections is not None and max_detections < 1:
             raise ValueError(f"max_detections must be at least 1, got {max_detections}")
-        one = isinstance(images, (str, Path, bytes, bytearray, memoryview, np.ndarray)) or not isinstance(
-            images, Sequence
-        )
+        one = not isinstance(images, Sequence) or isinstance(images, (str, bytes, bytearray, memoryview))
         items = [cast(ImageInput, images)] if one else cast(Sequence[ImageInput], images)
         results: list[ImageDetections] = []
         for start in range(0, len(items), batch_size):

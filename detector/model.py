@@ -22,7 +22,7 @@ from torchvision.models import mobilenet_v2
 from torchvision.models.detection.ssdlite import SSDLiteHead, _extra_block
 
 from detector import defaults
-from detector.anchors import num_anchors_per_location, ssd_anchors, ssd_box_specs
+from detector.anchors import feature_map_sizes, num_anchors_per_location, ssd_anchors, ssd_box_specs
 from detector.padding import convert_strided_convs_to_same
 
 # Index in torchvision's ``mobilenet_v2().features`` of the stride-16 → 32 block whose expansion is the first map
@@ -101,8 +101,9 @@ class SSDLite(nn.Module):
         return outputs["bbox_regression"], outputs["cls_logits"]
 
 
-def feature_map_sizes(backbone: nn.Module, image_size: int) -> list[tuple[int, int]]:
-    """(height, width) of each feature map for a square ``image_size`` input, measured with a dry run."""
+def measured_feature_map_sizes(backbone: nn.Module, image_size: int) -> list[tuple[int, int]]:
+    """(height, width) of each feature map for a square ``image_size`` input, measured with a dry run (what
+    :func:`detector.anchors.feature_map_sizes` computes, checked in the tests)."""
     was_training = backbone.training
     backbone.eval()
     with torch.no_grad():
@@ -130,5 +131,5 @@ def ssdlite_mobilenet_v2(
     specs = ssd_box_specs(num_layers=len(backbone.out_channels))
     norm_layer = partial(nn.BatchNorm2d, eps=defaults.BATCH_NORM_EPSILON, momentum=defaults.BATCH_NORM_MOMENTUM)
     head = SSDLiteHead(backbone.out_channels, num_anchors_per_location(specs), num_classes, norm_layer)
-    anchors = ssd_anchors(feature_map_sizes(backbone, image_size), specs)
+    anchors = torch.from_numpy(ssd_anchors(feature_map_sizes(image_size, len(backbone.out_channels)), specs))
     return SSDLite(backbone, head, anchors, image_size=image_size, num_classes=num_classes)

@@ -117,3 +117,27 @@ def people_mosaic() -> np.ndarray:
 if __name__ == "__main__":
     for path in all_photos():
         print(path)
+
+
+def check_images() -> dict[str, np.ndarray]:
+    """Images to judge reduced-precision engines on (more than the photographs alone): every sample photograph,
+    mirrored, rescaled to half and to 1.5 times its size, and centre-cropped to 60 %; the synthetic scenes; the
+    people mosaic. About 50 images, decoded as ``detector.images`` decodes."""
+    from PIL import Image
+
+    from detector.images import load_image
+
+    images: dict[str, np.ndarray] = {}
+    for name in ALL_PHOTOS:
+        pixels = load_image(photo(name))
+        height, width = pixels.shape[:2]
+        images[name] = pixels
+        images[f"{name}:mirrored"] = np.ascontiguousarray(pixels[:, ::-1])
+        for factor in (0.5, 1.5):
+            size = (max(1, round(width * factor)), max(1, round(height * factor)))
+            images[f"{name}:x{factor}"] = np.asarray(Image.fromarray(pixels).resize(size, Image.Resampling.BILINEAR))
+        top, left = round(height * 0.2), round(width * 0.2)
+        images[f"{name}:crop"] = np.ascontiguousarray(pixels[top : height - top, left : width - left])
+    images.update(synthetic_images())
+    images["people_mosaic"] = people_mosaic()
+    return images

@@ -2,33 +2,41 @@
 
 Never pickle: a weights file is data, and loading one must not run code. The metadata (a JSON document under the
 ``detector`` key) is the model's :class:`~detector.spec.ModelSpec`: what to build, how to feed it, how to read its
-outputs and where the numbers came from.
+outputs and where the numbers came from. Reading the spec alone (:func:`read_spec`) needs no torch: a process
+serving from an exported engine never builds the network.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
 
 from detector.cache import atomic_path, file_digest
 from detector.errors import WeightsError
-from detector.model import SSDLite, ssdlite_mobilenet_v2
 from detector.spec import ModelSpec
+
+if TYPE_CHECKING:
+    import torch
+
+    from detector.model import SSDLite
 
 METADATA_KEY = "detector"
 
 
 def build_model(spec: ModelSpec) -> SSDLite:
     """An untrained network with the structure ``spec`` describes."""
+    from detector.model import ssdlite_mobilenet_v2
+
     return ssdlite_mobilenet_v2(num_classes=spec.num_classes, image_size=spec.image_size, width_mult=spec.width_mult)
 
 
 def save_weights(path: str | Path, model: SSDLite, spec: ModelSpec) -> str:
     """Write ``model``'s tensors and ``spec`` to ``path``; returns the file's SHA-256."""
+    from safetensors.torch import save_file
+
     check_state_dict(model, model.state_dict())
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     # 0644: safetensors writes 0600, but weights are meant to be shared (e.g. with a service's user); atomic, so a
@@ -52,7 +60,7 @@ def read_spec(path: str | Path) -> ModelSpec:
     if not path.is_file():
         raise WeightsError(f"weights file not found: {path}")
     try:
-        with safe_open(str(path), framework="pt") as handle:
+        with safe_open(str(path), framework="np") as handle:
             metadata = handle.metadata() or {}
     except (SafetensorError, OSError, ValueError) as exc:
         raise WeightsError(f"{path} is not a readable safetensors file: {exc}") from None
@@ -63,6 +71,8 @@ def read_spec(path: str | Path) -> ModelSpec:
 
 def load_weights(path: str | Path) -> LoadedWeights:
     """Read a weights file and build its model (in eval mode), refusing anything that does not match."""
+    from safetensors.torch import load_file
+
     path = Path(path)
     spec = read_spec(path)
     try:

@@ -3,14 +3,14 @@ import math
 import pytest
 import torch
 
-from detector.anchors import num_anchors_per_location, ssd_anchors, ssd_box_specs
-from detector.model import feature_map_sizes, ssdlite_mobilenet_v2
+from detector.anchors import feature_map_sizes, num_anchors_per_location, ssd_anchors, ssd_box_specs
+from detector.model import measured_feature_map_sizes, ssdlite_mobilenet_v2
 
 
 @pytest.fixture(scope="module")
 def anchors_300():
     specs = ssd_box_specs()
-    return ssd_anchors([(19, 19), (10, 10), (5, 5), (3, 3), (2, 2), (1, 1)], specs)
+    return torch.from_numpy(ssd_anchors([(19, 19), (10, 10), (5, 5), (3, 3), (2, 2), (1, 1)], specs))
 
 
 def test_box_specs_follow_tf_order():
@@ -27,7 +27,7 @@ def test_box_specs_follow_tf_order():
 def test_anchor_counts():
     assert ssdlite_mobilenet_v2(num_classes=2, image_size=300).anchors.shape == (1917, 4)
     model = ssdlite_mobilenet_v2(num_classes=2, image_size=320)
-    assert feature_map_sizes(model.backbone, 320) == [(20, 20), (10, 10), (5, 5), (3, 3), (2, 2), (1, 1)]
+    assert measured_feature_map_sizes(model.backbone, 320) == [(20, 20), (10, 10), (5, 5), (3, 3), (2, 2), (1, 1)]
     assert model.anchors.shape == (20 * 20 * 3 + (100 + 25 + 9 + 4 + 1) * 6, 4)
 
 
@@ -56,3 +56,10 @@ def test_spec_index_varies_fastest(anchors_300):
     centres = (layer1[:, :2] + layer1[:, 2:]) / 2
     assert torch.allclose(centres[:6], centres[0].expand(6, 2))
     assert centres[6, 0] > centres[0, 0] and torch.isclose(centres[6, 1], centres[0, 1])
+
+
+@pytest.mark.parametrize("size", [96, 128, 255, 256, 300, 320, 513])
+def test_computed_feature_map_sizes_equal_the_network_s(size):
+    """The anchors are computed without running the network: TF 'SAME' halving gives the same grid sizes."""
+    backbone = ssdlite_mobilenet_v2(num_classes=2, image_size=size, width_mult=0.35).backbone
+    assert feature_map_sizes(size) == measured_feature_map_sizes(backbone, size)

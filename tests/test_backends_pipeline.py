@@ -21,12 +21,35 @@ def _reference_preprocess(arrays, size=300, scale=2.0 / 255.0, offset=-1.0):
     return batch
 
 
-def test_fast_preprocess_is_bit_equal_to_the_tf_resize():
+SHAPES = [(480, 640), (100, 150), (300, 300), (1, 1), (299, 301), (1000, 30), (300, 600)]
+
+
+def _arrays():
     rng = np.random.default_rng(0)
-    shapes = [(480, 640), (100, 150), (300, 300), (1, 1), (299, 301), (1000, 30), (300, 600)]
-    arrays = [rng.integers(0, 256, (*shape, 3), dtype=np.uint8) for shape in shapes]
-    arrays.append(np.asfortranarray(arrays[0]))  # a non-contiguous layout too
-    assert torch.equal(preprocess(arrays), _reference_preprocess(arrays))
+    arrays = [rng.integers(0, 256, (*shape, 3), dtype=np.uint8) for shape in SHAPES]
+    return [*arrays, np.asfortranarray(arrays[0])]  # a non-contiguous layout too
+
+
+def test_exact_preprocess_is_bit_equal_to_the_tf_resize():
+    arrays = _arrays()
+    assert np.array_equal(preprocess(arrays, exact=True), _reference_preprocess(arrays).numpy())
+
+
+def test_fast_preprocess_is_within_3e5_grey_levels_of_the_exact_one():
+    pytest.importorskip("cv2")
+    arrays = _arrays()
+    difference = np.abs(preprocess(arrays) - preprocess(arrays, exact=True)).max()
+    assert difference * 255 / 2 < 3.5e-5  # in grey levels: the [-1, 1] input is (x · 2/255 − 1)
+
+
+@pytest.mark.parametrize("name", ["bus.jpg", "camera.png", "rocket.jpg"])
+def test_fast_preprocess_gives_the_network_s_outputs_within_1e4(coco_detector, name):
+    """The fast path is pinned to the reference by what the network makes of it: raw outputs within 1e-4."""
+    pytest.importorskip("cv2")
+    pixels = [images.load_image(photo(name))]
+    fast = coco_detector.model_outputs(coco_detector.preprocess(pixels))
+    exact = coco_detector.model_outputs(coco_detector.preprocess(pixels, exact=True))
+    assert max(float(np.abs(a - b).max()) for a, b in zip(fast, exact, strict=True)) <= 1e-4
 
 
 def _jpeg(array, **options):
@@ -73,5 +96,35 @@ def test_batched_postprocess_equals_one_image_at_a_time(person_detector):
                     score_threshold=threshold,
                     clip_boxes=clip,
                 )
-                assert torch.equal(got.boxes, want.boxes) and torch.equal(got.scores, want.scores)
-                assert torch.equal(got.labels, want.labels)
+                assert np.array_equal(got.boxes, want.boxes) and np.array_equal(got.scores, want.scores)
+                assert np.array_equal(got.labels, want.labels)
+
+
+def _png(array, **options):
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG", **options)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("name", ["astronaut.png", "camera.png", "chelsea.png", "motorcycle_left.png"])
+def test_fast_png_decoding_gives_pillows_pixels(name, monkeypatch):
+    pytest.importorskip("cv2")
+    data = photo(name).read_bytes()
+    rgb = images.load_image(data)
+    for encoded in (data, _png(rgb[:, :, 0]), _png(rgb, compress_level=1)):
+        fast = images.load_image(encoded)
+        monkeypatch.setattr(images, "cv2", None)  # the Pillow path, as without the extra
+        assert np.array_equal(fast, images.load_image(encoded))
+        monkeypatch.undo()
+
+
+def test_png_fast_path_leaves_alpha_palette_and_truncation_to_pillow():
+    rgb = images.load_image(photo("chelsea.png"))
+    rgba = np.dstack([rgb, np.full(rgb.shape[:2], 128, np.uint8)])
+    composited = images.load_image(_png(rgba))  # RGBA: composited on white, as everywhere
+    assert composited.shape == rgb.shape and not np.array_equal(composited, rgb)
+    palette = Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE)
+    assert images.load_image(palette).shape == rgb.shape
+    data = _png(rgb)
+    with pytest.raises(images.ImageError, match=r"truncated|corrupt"):
+        images.load_image(data[: len(data) // 2])

@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import torch
 
 from detector.box_coding import TF_TO_XYWH_CODE_ORDER, decode_boxes, encode_boxes
@@ -13,21 +14,39 @@ def test_encode_hand_computed():
     assert torch.allclose(codes, torch.tensor([[0.0, 1.0, 5 * math.log(0.5), 5 * math.log(0.5)]]), atol=1e-6)
 
 
+def _random_boxes(seed: int, count: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    anchors = torch.rand(count, 2, generator=generator)
+    anchors = torch.cat([anchors, anchors + 0.05 + torch.rand(count, 2, generator=generator)], dim=1)
+    boxes = torch.rand(count, 2, generator=generator)
+    boxes = torch.cat([boxes, boxes + 0.01 + torch.rand(count, 2, generator=generator)], dim=1)
+    return boxes, anchors
+
+
 def test_round_trip():
-    generator = torch.Generator().manual_seed(0)
-    anchors = torch.rand(500, 2, generator=generator)
-    anchors = torch.cat([anchors, anchors + 0.05 + torch.rand(500, 2, generator=generator)], dim=1)
-    boxes = torch.rand(500, 2, generator=generator)
-    boxes = torch.cat([boxes, boxes + 0.01 + torch.rand(500, 2, generator=generator)], dim=1)
-    decoded = decode_boxes(encode_boxes(boxes, anchors), anchors)
-    assert torch.allclose(decoded, boxes, atol=1e-5)
+    boxes, anchors = _random_boxes(0)
+    decoded = decode_boxes(encode_boxes(boxes, anchors).numpy(), anchors.numpy())
+    assert torch.allclose(torch.from_numpy(decoded), boxes, atol=1e-5)
+
+
+def test_decode_equals_torchvision_s_box_coder():
+    """The numpy decoder is torchvision's decode_single op by op, its clamp included."""
+    from torchvision.models.detection._utils import BoxCoder
+
+    _, anchors = _random_boxes(1)
+    codes = torch.randn(500, 4, generator=torch.Generator().manual_seed(2)) * 3
+    codes[:5, 2:] = 40.0  # far past the log(1000/16) clamp
+    ours = decode_boxes(codes.numpy(), anchors.numpy())
+    theirs = BoxCoder((10.0, 10.0, 5.0, 5.0)).decode_single(codes, anchors).numpy()
+    np.testing.assert_allclose(ours, theirs, rtol=2e-7, atol=2.5e-7)  # exp may differ in its last bit
+    assert np.isfinite(ours).all()
 
 
 def test_decode_batched_shapes():
-    anchors = torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0]])
-    decoded = decode_boxes(torch.zeros(3, 2, 4), anchors)
+    anchors = np.array([[0.0, 0.0, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0]], dtype=np.float32)
+    decoded = decode_boxes(np.zeros((3, 2, 4), np.float32), anchors)
     assert decoded.shape == (3, 2, 4)
-    assert torch.equal(decoded[2], anchors)  # zero codes give the anchors back
+    assert np.array_equal(decoded[2], anchors)  # zero codes give the anchors back
 
 
 def test_tf_code_order_permutation():

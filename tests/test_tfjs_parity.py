@@ -14,11 +14,10 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
 
 from detector.box_coding import decode_boxes
 from detector.images import load_image
-from detector.postprocess import reported_classes, select_detections, to_image_detections
+from detector.postprocess import reported_classes, select_detections, sigmoid, to_image_detections
 from detector.samples import people_mosaic, photo, synthetic_image, synthetic_images
 
 YXYX = [1, 0, 3, 2]  # [ymin, xmin, ymax, xmax] ↔ xyxy
@@ -48,10 +47,11 @@ def _pixels(name: str) -> np.ndarray:
     return load_image(photo(name))
 
 
-def _ours(detector, pixels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Our eager-PyTorch outputs as TF.js lays them out: scores (A, 90), boxes (A, 4) yxyx; and the raw outputs."""
-    codes, logits = detector.model_outputs(detector.preprocess([pixels]))
-    scores = torch.sigmoid(logits[0, :, 1:])
+def _ours(detector, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Our eager-PyTorch outputs (of the reference preprocessing) as TF.js lays them out: scores (A, 90), boxes
+    (A, 4) yxyx; and the raw outputs."""
+    codes, logits = detector.model_outputs(detector.preprocess([pixels], exact=True))
+    scores = sigmoid(logits[0, :, 1:])
     boxes = decode_boxes(codes[0], detector.anchors)[:, YXYX]
     return scores, boxes, codes, logits
 
@@ -59,9 +59,9 @@ def _ours(detector, pixels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, tor
 def _reference_detections(detector, scores: np.ndarray, boxes: np.ndarray, height: int, width: int, threshold: float):
     """TF.js's scores and decoded boxes through the TF OD API post-processing the COCO model is specified with."""
     settings = detector.spec.postprocessing
-    xyxy = torch.from_numpy(boxes[:, YXYX])
+    xyxy = boxes[:, YXYX]
     (raw,) = select_detections(
-        torch.from_numpy(scores)[None],
+        scores[None],
         lambda image, anchor: xyxy[anchor],
         score_threshold=threshold,
         iou_threshold=settings.nms_iou_threshold,
@@ -80,14 +80,14 @@ def test_the_golden_file_covers_every_sample(tfjs_golden):
 
 def test_anchors_bit_identical_to_the_graph_constant(tfjs_golden, coco_detector):
     tensors, _ = tfjs_golden
-    assert torch.equal(coco_detector.anchors, torch.from_numpy(tensors["anchors"])[:, YXYX])
+    assert np.array_equal(coco_detector.anchors, tensors["anchors"][:, YXYX])
 
 
 def test_preprocessed_input_matches_the_graph(tfjs_golden, coco_detector):
     """Ours is TF1's legacy resize in float32, bit-identical to TensorFlow's (tests/test_parity.py); TF.js's CPU kernel
     computes the same sampling in float64 (JavaScript numbers), which lands up to 8.4e-5 away (0.011 grey levels)."""
     tensors, _ = tfjs_golden
-    ours = coco_detector.preprocess([_pixels("synthetic_480x640")])[0].permute(1, 2, 0).numpy()
+    ours = coco_detector.preprocess([_pixels("synthetic_480x640")], exact=True)[0].transpose(1, 2, 0)
     difference = np.abs(ours - tensors["synthetic_480x640/input"]).max()
     print(f"\npreprocessed input: max |Δ| {difference:.1e}")
     assert difference <= 1e-4
@@ -99,8 +99,8 @@ def test_raw_outputs_and_detections_match_tfjs(tfjs_golden, coco_detector, name)
     pixels = _pixels(name)
     assert hashlib.sha256(pixels.tobytes()).hexdigest() == metadata["images"][name], "decoded pixels differ"
     scores, boxes, codes, logits = _ours(coco_detector, pixels)
-    score_diff = float((scores - torch.from_numpy(tensors[f"{name}/scores"])).abs().max())
-    box_diff = float((boxes - torch.from_numpy(tensors[f"{name}/boxes"])).abs().max())
+    score_diff = float(np.abs(scores - tensors[f"{name}/scores"]).max())
+    box_diff = float(np.abs(boxes - tensors[f"{name}/boxes"]).max())
     assert score_diff <= SCORE_TOLERANCE and box_diff <= BOX_TOLERANCE
 
     height, width = pixels.shape[:2]
@@ -123,8 +123,8 @@ def test_unused_coco_ids_are_never_reported(coco_detector):
     """The ten ids COCO 2017 does not use have outputs but no label: no detection ever carries one."""
     unused = [i for i, label in enumerate(coco_detector.spec.labels) if i and not label]
     assert unused == [12, 26, 29, 30, 45, 66, 68, 69, 71, 83]
-    codes = torch.zeros(1, coco_detector.anchors.shape[0], 4)
-    logits = torch.full((1, coco_detector.anchors.shape[0], 91), -20.0)
+    codes = np.zeros((1, coco_detector.anchors.shape[0], 4), np.float32)
+    logits = np.full((1, coco_detector.anchors.shape[0], 91), -20.0, np.float32)
     logits[0, 100, 12] = logits[0, 200, 1] = 5.0  # an unused id and person, both confident
     (result,) = coco_detector.postprocess(codes, logits, [(300, 300)], score_threshold=0.5)
     assert [d.class_id for d in result.detections] == [1]
@@ -141,5 +141,5 @@ def test_live_tfjs_agrees_on_a_new_image(coco_detector):
     pixels = synthetic_image(377, 505, 11)
     outputs = runner.run_tfjs({"live": pixels})["live"]
     scores, boxes, _, _ = _ours(coco_detector, pixels)
-    assert float((scores - torch.from_numpy(outputs[runner.SCORES][0])).abs().max()) <= SCORE_TOLERANCE
-    assert float((boxes - torch.from_numpy(outputs[runner.BOXES][0, :, 0])).abs().max()) <= BOX_TOLERANCE
+    assert float(np.abs(scores - outputs[runner.SCORES][0]).max()) <= SCORE_TOLERANCE
+    assert float(np.abs(boxes - outputs[runner.BOXES][0, :, 0]).max()) <= BOX_TOLERANCE

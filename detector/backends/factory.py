@@ -1,14 +1,34 @@
-"""``build_backend(name, network)``: one engine by name. A plain function that imports only the engine asked for."""
+"""Building backends by name: a plain function that imports only the engine asked for.
+
+:func:`build_backend` builds from the network in memory (exporting it to ONNX on first use);
+:func:`build_from_export` builds from the cached export of a weights file alone, for a process that serves without
+torch (the export was made when the backend was first chosen, e.g. by ``make install``).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Literal
 
-import torch
+import numpy as np
 
 from detector.backends.base import BACKEND_NAMES, Backend
+from detector.backends.onnx import find_onnx
 from detector.errors import BackendUnavailable
-from detector.model import SSDLite
+
+if TYPE_CHECKING:
+    import torch
+
+    from detector.model import SSDLite
+
+# The backends that run the cached ONNX export as it is (no network in memory needed).
+FROM_EXPORT = ("onnxruntime", "openvino", "openvino-fp16", "openvino-bf16")
+OPENVINO_PRECISIONS: dict[str, Literal["f32", "f16", "bf16", "int8"]] = {
+    "openvino": "f32",
+    "openvino-fp16": "f16",
+    "openvino-bf16": "bf16",
+    "openvino-int8": "int8",
+}
 
 
 def build_backend(
@@ -16,7 +36,9 @@ def build_backend(
     model: SSDLite,
     *,
     device: str | torch.device = "cpu",
-    calibration: Sequence[torch.Tensor] = (),
+    calibration: Sequence[np.ndarray] = (),
+    key: str | None = None,
+    threads: int | None = None,
 ) -> Backend:
     """Build backend ``name`` for ``model`` (an eval-mode, batch-norm-folded network).
 
@@ -24,28 +46,41 @@ def build_backend(
         name: one of :data:`~detector.backends.base.BACKEND_NAMES`.
         device: for the torch backends ("cpu", "cuda", "cuda:1", ...).
         calibration: preprocessed batches (N, 3, S, S) for ``openvino-int8``'s post-training quantization.
+        key: names the network's cached exports (the weights file's; default: a hash of its tensors).
+        threads: CPU threads of the engine (default: the CPUs this process may use).
 
     Raises:
         BackendUnavailable: the name is unknown, the engine is not installed or the hardware cannot run this mode.
     """
-    if name == "torch":
+    if name in ("torch", "torch-fp16"):
+        import torch
+
         from detector.backends.torch_backend import TorchBackend
 
-        return TorchBackend(model, device=device)
-    if name == "torch-fp16":
-        from detector.backends.torch_backend import TorchBackend
-
-        return TorchBackend(model, device=device, dtype=torch.float16)
+        dtype = torch.float16 if name == "torch-fp16" else torch.float32
+        return TorchBackend(model, device=device, dtype=dtype, threads=threads)
     if name == "onnxruntime":
         from detector.backends.onnxruntime_backend import OnnxRuntimeBackend
 
-        return OnnxRuntimeBackend.for_model(model)
-    if name in ("openvino", "openvino-bf16"):
+        return OnnxRuntimeBackend.for_model(model, key=key, threads=threads)
+    if name in OPENVINO_PRECISIONS:
         from detector.backends.openvino_backend import OpenVinoBackend
 
-        return OpenVinoBackend.for_model(model, precision="bf16" if name.endswith("bf16") else "f32")
-    if name == "openvino-int8":
-        from detector.backends.openvino_backend import OpenVinoBackend
-
-        return OpenVinoBackend.for_model(model, precision="int8", calibration=calibration)
+        precision = OPENVINO_PRECISIONS[name]
+        return OpenVinoBackend.for_model(model, precision=precision, calibration=calibration, key=key, threads=threads)
     raise BackendUnavailable(f"unknown backend {name!r}; choose from auto, {', '.join(BACKEND_NAMES)}")
+
+
+def build_from_export(name: str, key: str, *, threads: int | None = None) -> Backend | None:
+    """Backend ``name`` on the cached ONNX export ``key`` without the network in memory (so without torch); None
+    where there is no export yet or the backend needs the network (torch, int8)."""
+    path = find_onnx(key) if name in FROM_EXPORT else None
+    if path is None:
+        return None
+    if name == "onnxruntime":
+        from detector.backends.onnxruntime_backend import OnnxRuntimeBackend
+
+        return OnnxRuntimeBackend(path, threads=threads)
+    from detector.backends.openvino_backend import OpenVinoBackend
+
+    return OpenVinoBackend(path, precision=OPENVINO_PRECISIONS[name], threads=threads)

@@ -5,8 +5,10 @@ The exported graph is the network alone: the preprocessed batch ``images`` (N, 3
 :mod:`detector.postprocess`, so every backend shares them. The spatial size is fixed, which makes the TF 'SAME'
 paddings of :mod:`detector.padding` constants in the graph.
 
-We use the TorchScript-based ``torch.onnx.export(dynamo=False)``: it exports this network in about 4 s, against 14 s
-for the dynamo exporter, and gives the same graph for a fixed-size input.
+The cached file is named after the weights file's SHA-256 (or, for a network in memory, its tensors'), so a
+process that serves from the cache finds it without building the network, and without importing torch; exporting
+needs torch. We use the TorchScript-based ``torch.onnx.export(dynamo=False)``: it exports this network in about 4 s,
+against 14 s for the dynamo exporter, and gives the same graph for a fixed-size input.
 """
 
 from __future__ import annotations
@@ -16,12 +18,14 @@ import io
 import tempfile
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from detector.cache import cache_dir, write_atomic
-from detector.model import SSDLite
+
+if TYPE_CHECKING:
+    from detector.model import SSDLite
 
 ONNX_OPSET = 17
 INPUT_NAME = "images"
@@ -31,7 +35,7 @@ RAW_TOLERANCE = 1e-3
 
 
 def model_key(model: SSDLite) -> str:
-    """SHA-256 (16 hex digits) of the network's tensors and input size: names its cached exports."""
+    """SHA-256 (16 hex digits) of the network's tensors and input size: names the exports of a network in memory."""
     digest = hashlib.sha256(f"{model.image_size}".encode())
     for name, tensor in model.state_dict().items():
         digest.update(name.encode())
@@ -39,8 +43,15 @@ def model_key(model: SSDLite) -> str:
     return digest.hexdigest()[:16]
 
 
+def weights_key(weights_sha256: str) -> str:
+    """The export key of a weights file (by its SHA-256): what a serving process looks its engine files up by."""
+    return weights_sha256[:16]
+
+
 def onnx_bytes(model: SSDLite) -> bytes:
     """The network as an ONNX model (opset 17, dynamic batch)."""
+    import torch
+
     example = torch.zeros(2, 3, model.image_size, model.image_size)
     buffer = io.BytesIO()
     with warnings.catch_warnings():
@@ -58,31 +69,42 @@ def onnx_bytes(model: SSDLite) -> bytes:
     return buffer.getvalue()
 
 
-def cached_onnx(model: SSDLite) -> Path:
-    """Path of the network's ONNX export in the cache directory, exporting it on first use (about 4 s)."""
-    name = f"ssdlite-{model_key(model)}.onnx"
-    path = cache_dir() / "exports" / name
-    if path.is_file():
-        return path
+def export_paths(key: str) -> list[Path]:
+    """Where the ONNX export of ``key`` is looked for: the cache, then the temporary directory (a read-only
+    cache, such as a container's baked-in one, exports there)."""
+    name = f"ssdlite-{key}.onnx"
+    return [cache_dir() / "exports" / name, Path(tempfile.gettempdir()) / "ssdlite-detector-exports" / name]
+
+
+def find_onnx(key: str) -> Path | None:
+    """The cached ONNX export of ``key``, if one was made."""
+    return next((path for path in export_paths(key) if path.is_file()), None)
+
+
+def cached_onnx(model: SSDLite, key: str | None = None) -> Path:
+    """Path of the network's ONNX export in the cache directory, exporting it on first use (about 4 s).
+
+    ``key``: the weights file's :func:`weights_key` when the network came from one (default: its tensors' hash).
+    """
+    key = key or model_key(model)
+    found = find_onnx(key)
+    if found is not None:
+        return found
+    preferred, fallback = export_paths(key)
     try:
-        return write_atomic(path, onnx_bytes(model))
+        return write_atomic(preferred, onnx_bytes(model))
     except OSError:
-        # A read-only cache (a container's baked-in one): export into the temporary directory instead.
-        path = Path(tempfile.gettempdir()) / "ssdlite-detector-exports" / name
-        return path if path.is_file() else write_atomic(path, onnx_bytes(model))
+        return write_atomic(fallback, onnx_bytes(model))
 
 
-def check_batch(image_size: int, batch_size: int = 2) -> torch.Tensor:
+def check_batch(image_size: int, batch_size: int = 2) -> np.ndarray:
     """A fixed pseudo-random input in [-1, 1] for comparing engines on raw outputs."""
-    generator = torch.Generator().manual_seed(0)
-    return torch.rand(batch_size, 3, image_size, image_size, generator=generator) * 2 - 1
+    return np.random.default_rng(0).uniform(-1.0, 1.0, (batch_size, 3, image_size, image_size)).astype(np.float32)
 
 
-def max_abs_diff(reference: tuple[torch.Tensor, torch.Tensor], outputs: tuple[torch.Tensor, torch.Tensor]) -> float:
+def max_abs_diff(reference: tuple[np.ndarray, np.ndarray], outputs: tuple[np.ndarray, np.ndarray]) -> float:
     """Largest absolute difference over both raw outputs."""
-    return max(float((r.float().cpu() - o.float().cpu()).abs().max()) for r, o in zip(reference, outputs, strict=True))
-
-
-def as_outputs(box_codes: np.ndarray, class_logits: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """An engine's numpy outputs as float32 tensors, without a copy where they already are float32."""
-    return torch.from_numpy(np.asarray(box_codes, np.float32)), torch.from_numpy(np.asarray(class_logits, np.float32))
+    return max(
+        float(np.abs(np.asarray(r, np.float32) - np.asarray(o, np.float32)).max())
+        for r, o in zip(reference, outputs, strict=True)
+    )

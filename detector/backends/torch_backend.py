@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import torch
 
 from detector.errors import BackendUnavailable
@@ -17,10 +18,19 @@ class TorchBackend:
         model: the eval-mode network (copied for fp16, so the caller's stays in fp32; shared otherwise).
         device: where to run.
         dtype: torch.float32 (the reference) or torch.float16 (CUDA only).
+        threads: intra-op threads of the forward pass (default: torch's own setting).
     """
 
-    def __init__(self, model: SSDLite, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+    def __init__(
+        self,
+        model: SSDLite,
+        *,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        threads: int | None = None,
+    ):
         self.device = torch.device(device)
+        self.threads = threads
         self.dtype = dtype
         if dtype != torch.float32 and self.device.type != "cuda":
             raise BackendUnavailable(f"torch in {dtype} needs a CUDA device, got {self.device}")
@@ -34,10 +44,14 @@ class TorchBackend:
         self.name = "torch" if dtype == torch.float32 else "torch-fp16"
 
     @torch.inference_mode()
-    def __call__(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        batch = batch.to(self.device, self.dtype, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        codes, logits = self.model(batch)
-        return codes.float(), logits.float()
+    def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        # OpenMP keeps its thread count per calling thread: apply the budget in the thread that runs the network.
+        if self.threads and torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)
+        tensor = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+        tensor = tensor.to(self.device, self.dtype, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        codes, logits = self.model(tensor)
+        return codes.float().cpu().numpy(), logits.float().cpu().numpy()
 
     def describe(self) -> dict[str, str]:
         precision = "fp32" if self.dtype == torch.float32 else "fp16"

@@ -84,10 +84,16 @@ def add_commands(subparsers: Subparsers) -> None:
         "backends",
         help="measure every backend here (accuracy, speed) and remember the one auto picks",
         description="Check each backend against eager PyTorch and time it at batch 8; reduced-precision backends "
-        "are judged on the photographs given. The choice is cached for --backend auto.",
+        "are judged on photographs (default: the sample photographs and their mirrored, rescaled and cropped "
+        "variants, and synthetic scenes). The choice is cached for --backend auto.",
     )
     parser.add_argument("check_images", nargs="*", metavar="PHOTO", help="photographs for the reduced-precision bar")
     add_weights_option(parser)
+    parser.add_argument(
+        "--allow-int8",
+        action="store_true",
+        help="also consider openvino-int8 (NNCF post-training quantization; it must still meet the bar)",
+    )
     parser.set_defaults(run=run_backends)
 
 
@@ -232,10 +238,21 @@ def run_backends(args: argparse.Namespace) -> int:
     from detector.images import load_image
     from detector.inference import Detector
 
-    photos = [load_image(path) for path in args.check_images]
+    if args.check_images:
+        photos = [load_image(path) for path in args.check_images]
+    else:
+        from detector.samples import check_images
+
+        photos = list(check_images().values())
     detector = Detector.from_weights(installed_weights(args.weights))
     _, choice = select_backend(
-        detector.model, detector.spec, photos, digest=detector.digest, device=detector.device, use_cache=False
+        detector.model,
+        detector.spec,
+        photos,
+        digest=detector.digest,
+        device=detector.device,
+        allow_int8=args.allow_int8,
+        use_cache=False,
     )
     for candidate in choice.candidates:
         speed = f"{candidate.ms_per_image:7.1f} ms/image" if candidate.ms_per_image is not None else "      -        "

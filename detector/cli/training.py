@@ -80,7 +80,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         say = log if world.is_main else (lambda message: None)
         # Rank 0 installs a missing built-in model; the others wait for its path.
         weights = installed_weights(args.weights) if world.is_main else None
-        detector = Detector.from_weights(broadcast_from_main(weights, world), device=local_device(args.device, world))
+        device = str(local_device(args.device, world))
+        detector = Detector.from_weights(broadcast_from_main(weights, world), device=device)
         aliases = read_category_map(args.category_map) if args.category_map else None
         dataset = load_dataset(args.images, args.annotations, for_training=False, log=say)
         result = evaluate(
@@ -119,8 +120,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
 
 def _add_train(subparsers: Subparsers) -> None:
-    from detector.training.config import OPTIMIZERS
-    from detector.training.pipeline import AUGMENTATIONS
+    from detector.training.config import AUGMENTATIONS, OPTIMIZERS
 
     parser = subparsers.add_parser(
         "train",

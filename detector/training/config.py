@@ -1,6 +1,7 @@
 """A training run's settings (:class:`TrainConfig`) and outcome (:class:`TrainResult`); the choices are ``Literal``s.
 
 The CLI builds a ``TrainConfig`` from its parsed arguments by field name; :mod:`detector.defaults` holds the recipe.
+Standard library only: the CLI reads the choices from here without importing torch.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from detector import defaults
-from detector.training.pipeline import Augmentation
 
 # "scratch"; "imagenet": torchvision's ImageNet MobileNetV2 checkpoint file; "weights": any of our weights files or a
 # built-in model (the class head is re-initialised for the labels it lacks).
@@ -19,6 +19,9 @@ InitFrom = Literal["scratch", "imagenet", "weights"]
 INIT_FROM: tuple[InitFrom, ...] = get_args(InitFrom)
 OptimizerName = Literal["sgd", "rmsprop"]
 OPTIMIZERS: tuple[OptimizerName, ...] = get_args(OptimizerName)
+# "ssd": photometric + zoom out + IoU crop + flip; "ssdlite": IoU crop + flip; "flip"; "none" (training.pipeline).
+Augmentation = Literal["ssd", "ssdlite", "flip", "none"]
+AUGMENTATIONS: tuple[Augmentation, ...] = get_args(Augmentation)
 
 
 @dataclass

@@ -215,7 +215,7 @@ def detect_dataset(
     with bar:
         for batch in loader:
             # detect_arrays() in two halves, the preprocessing having run in the loader's workers.
-            codes, logits = detector.predict_raw(torch.stack([item[2] for item in batch]))
+            codes, logits = detector.predict_raw(np.stack([item[2] for item in batch]))
             sizes = [item[3] for item in batch]
             outputs = detector.postprocess(codes, logits, sizes, score_threshold=score_threshold)
             for (position, image_id, _, _, image_notes), output in zip(batch, outputs, strict=True):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from typing import Literal, get_args
 
 import torch
 from torchvision import tv_tensors
@@ -21,10 +20,7 @@ from detector import defaults
 from detector.errors import DatasetError
 from detector.preprocess import preprocess, resize_bilinear_legacy
 from detector.training.coco import CocoDataset, ImageRecord, read_rgb
-
-# "ssd": photometric + zoom out + IoU crop + flip; "ssdlite": IoU crop + flip; "flip"; "none".
-Augmentation = Literal["ssd", "ssdlite", "flip", "none"]
-AUGMENTATIONS: tuple[Augmentation, ...] = get_args(Augmentation)
+from detector.training.config import AUGMENTATIONS, Augmentation
 
 
 def ssd_augmentation(

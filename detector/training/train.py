@@ -312,7 +312,7 @@ def evaluate_model(run: TrainingRun) -> dict[str, float]:
     model, config = run.model, run.config
     was_training = model.training
     result = evaluate(
-        Detector.from_model(model, run.spec, device=run.device),
+        Detector.from_model(model, run.spec, device=str(run.device)),
         run.val_data,
         score_threshold=config.eval_score_threshold,
         batch_size=config.eval_batch_size,
