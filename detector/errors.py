@@ -27,6 +27,10 @@ class DatasetError(DetectorError):
     """A COCO-format data set (annotation file or image folder) is missing, malformed or inconsistent."""
 
 
+class VideoError(DetectorError):
+    """A video is missing, unreadable, has no video stream, or breaks off midway."""
+
+
 class BackendUnavailable(DetectorError):
     """A backend cannot run here: its engine is not installed, or the hardware lacks what it needs."""
 

@@ -1,31 +1,50 @@
-"""``detector detect``: detect objects in image files and print (or write) JSON, optionally drawing the results."""
+"""``detector detect``: detect objects in images, folders, globs and videos, on one process or many under torchrun.
+
+Without ``--out`` the results print as one JSON object once all are done (what small runs want). With
+``--out FILE.jsonl`` every image's and video frame's record is appended as soon as its batch is done, ``--resume``
+continues a run that stopped, and ``--format coco`` turns the records into a COCO results file at the end. This
+module declares the command; :mod:`~detector.cli.detect_run` runs it, :mod:`~detector.cli.detect_inputs` reads the
+inputs ahead of the network, and :mod:`~detector.cli.detect_outputs` writes, resumes and merges the records. The
+engine is ``auto`` by default: the service's choice, measured once per machine and cached.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from detector import defaults
-from detector.cli.common import EXIT_FAILED, EXIT_OK, add_backend_option, add_weights_option, error, positive_int, score
-from detector.cli.models import installed_weights
-from detector.errors import DetectorError
+from detector.cli.common import (
+    add_backend_option,
+    add_weights_option,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    score,
+)
 
 if TYPE_CHECKING:
     from detector.cli.common import Subparsers
-
-DRAWABLE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 
 def add_commands(subparsers: Subparsers) -> None:
     """Register ``detect``."""
     parser = subparsers.add_parser(
         "detect",
-        help="detect objects in images and print JSON",
-        description="Detect objects in images. Prints {file: {width, height, detections}} as JSON.",
+        help="detect objects in images, folders, globs and videos",
+        description="Detect objects in images and videos. Without --out, prints {file: {width, height, detections}} "
+        "as one JSON object. With --out FILE.jsonl, streams one JSON line per image or video frame as it is done "
+        "(--resume continues an interrupted run). Under `torchrun --nproc_per_node N` the inputs are shared out "
+        "among the processes and merged in input order.",
     )
-    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, WebP, BMP, GIF, TIFF, ...)")
+    parser.add_argument(
+        "images",
+        nargs="+",
+        metavar="INPUT",
+        help="image or video files, folders (searched recursively, sorted), globs ('photos/**/*.jpg'), "
+        "or - to read paths from standard input, one a line",
+    )
     add_weights_option(parser)
     parser.add_argument(
         "--score-threshold", type=score, default=defaults.SCORE_THRESHOLD, help="minimum score (default: %(default)s)"
@@ -37,58 +56,61 @@ def add_commands(subparsers: Subparsers) -> None:
         default=defaults.DETECT_BATCH_SIZE,
         help="images per forward pass (default: %(default)s)",
     )
-    parser.add_argument("--json", type=Path, dest="json_out", metavar="OUT", help="also write the JSON to this file")
-    parser.add_argument("--draw", type=Path, metavar="DIR", help="write each image with its detections drawn here")
-    add_backend_option(parser, default="torch")
-    parser.set_defaults(run=run_detect)
+    parser.add_argument(
+        "--out", type=Path, metavar="FILE", help="stream one JSON line per image or frame here (JSON lines)"
+    )
+    parser.add_argument(
+        "--format",
+        choices=("jsonl", "coco"),
+        default="jsonl",
+        help="--out's format: jsonl, or coco: a COCO results file for the images of --annotations (default: jsonl)",
+    )
+    parser.add_argument(
+        "--annotations", type=Path, metavar="FILE.json", help="with --format coco: the COCO file giving image ids"
+    )
+    parser.add_argument(
+        "--category-map",
+        type=Path,
+        metavar="FILE.json",
+        help='with --format coco: category names → model labels where they differ (e.g. {"sofa": "couch"})',
+    )
+    parser.add_argument("--resume", action="store_true", help="skip what --out already holds, and append the rest")
+    parser.add_argument(
+        "--json", type=Path, dest="json_out", metavar="OUT", help="without --out: also write the JSON object here"
+    )
+    parser.add_argument(
+        "--draw", type=Path, metavar="DIR", help="write each image, and each video, with its detections drawn here"
+    )
+    parser.add_argument("--fps", type=positive_float, help="video frames per second to detect (default: every frame)")
+    parser.add_argument(
+        "--workers",
+        type=non_negative_int,
+        default=defaults.DATA_WORKERS,
+        help="image-decoding threads working ahead of the network; 0: decode in turn (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--no-progress", action="store_true", help="no progress bar (there is none where stderr is not a terminal)"
+    )
+    add_backend_option(parser, default="auto")
+    parser.set_defaults(run=run_detect, usage_error=parser.error)
 
 
-def drawing_path(directory: Path, image: str, used: set[Path]) -> Path:
-    """Where the drawing of ``image`` goes in ``directory``: its own name (PNG when its format cannot be written),
-    numbered when two inputs share a name."""
-    name = Path(image).name
-    path = directory / name
-    stem, suffix = Path(name).stem, Path(name).suffix.lower()
-    if suffix not in DRAWABLE_SUFFIXES:
-        path, suffix = directory / f"{stem}.png", ".png"
-    index = 1
-    while path in used:
-        path = directory / f"{stem}-{index}{suffix}"
-        index += 1
-    used.add(path)
-    return path
+def _check_arguments(args: argparse.Namespace) -> None:
+    problem = None
+    if args.resume and not args.out:
+        problem = "--resume needs --out (the JSON-lines file to continue)"
+    elif args.format == "coco" and not (args.out and args.annotations):
+        problem = "--format coco needs --out and --annotations (the COCO file giving the image ids)"
+    elif (args.annotations or args.category_map) and args.format != "coco":
+        problem = "--annotations and --category-map are for --format coco"
+    elif args.json_out and args.out:
+        problem = "--json writes the single JSON object of a run without --out; with --out the results are there"
+    if problem:
+        args.usage_error(problem)
 
 
 def run_detect(args: argparse.Namespace) -> int:
-    from detector.drawing import draw_detections
-    from detector.images import load_image
-    from detector.inference import Detector
+    from detector.cli.detect_run import run
 
-    detector = Detector.from_weights(installed_weights(args.weights), backend=args.backend)
-    if args.draw:
-        args.draw.mkdir(parents=True, exist_ok=True)
-    results: dict[str, dict[str, Any]] = {}
-    failures = 0
-    drawn: set[Path] = set()
-    for start in range(0, len(args.images), args.batch_size):
-        names, arrays = [], []
-        for name in args.images[start : start + args.batch_size]:
-            try:
-                arrays.append(load_image(name))
-                names.append(name)
-            except DetectorError as exc:
-                error(f"{name}: {exc}")
-                failures += 1
-        detections = detector.detect_arrays(
-            arrays, score_threshold=args.score_threshold, max_detections=args.max_detections
-        )
-        for name, array, result in zip(names, arrays, detections, strict=True):
-            results[name] = result.to_dict()
-            if args.draw:
-                draw_detections(array, result).save(drawing_path(args.draw, name, drawn))
-    text = json.dumps(results, indent=2)
-    print(text)
-    if args.json_out:
-        args.json_out.parent.mkdir(parents=True, exist_ok=True)
-        args.json_out.write_text(text + "\n")
-    return EXIT_FAILED if failures else EXIT_OK
+    _check_arguments(args)
+    return run(args)

@@ -1,0 +1,257 @@
+"""What ``detector detect`` writes: JSON-lines records, resuming from them, merging ranks, COCO results, drawings.
+
+One record per image, per video frame and per input that failed, one JSON object a line::
+
+    {"file": "a.jpg", "width": 640, "height": 480, "detections": [...]}
+    {"file": "v.mp4", "frame": 12, "timestamp": 0.48, "width": 640, "height": 480, "detections": [...]}
+    {"file": "bad.jpg", "error": "corrupt or truncated image: ..."}
+
+Each batch's lines go out in one write and are flushed, so a killed run leaves whole lines plus at most one cut
+off; reading skips lines that do not parse. ``--resume`` keeps every detection record and drops the error records
+(those inputs are tried again). Under torchrun each rank appends to ``<out stem>.rank-K<suffix>``; rank 0 merges
+them in input order into the output at the end, through a temporary file renamed into place, so the output is
+never half-written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePath
+from typing import Any, TextIO
+
+from detector.errors import DetectorError
+from detector.results import Detection, ImageDetections
+
+DRAWABLE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+# Where a video's error record sorts: after all of its frames.
+_AFTER_FRAMES = 1 << 62
+
+# (file, frame): frame is None for an image, "error" for an error record.
+Key = tuple[str, int | str | None]
+
+
+def image_record(file: str, result: ImageDetections) -> dict[str, Any]:
+    """The record of an image."""
+    return {"file": file, **result.to_dict()}
+
+
+def frame_record(file: str, frame: int, timestamp: float, result: ImageDetections) -> dict[str, Any]:
+    """The record of a video frame (``frame`` counts the video's frames from 0, ``timestamp`` is in seconds)."""
+    return {"file": file, "frame": frame, "timestamp": timestamp, **result.to_dict()}
+
+
+def error_record(file: str, reason: str) -> dict[str, Any]:
+    """The record of an input that failed (a video that broke off midway keeps the records of its frames before)."""
+    return {"file": file, "error": reason}
+
+
+def record_key(record: Mapping[str, Any]) -> Key:
+    """What identifies a record: its file, and its frame for a video frame or "error" for an error record."""
+    return (record["file"], "error" if "error" in record else record.get("frame"))
+
+
+def detections_of(record: Mapping[str, Any]) -> ImageDetections:
+    """A detection record back as :class:`ImageDetections` (for drawing what an earlier run detected)."""
+    return ImageDetections(
+        width=record["width"],
+        height=record["height"],
+        detections=[
+            Detection(d["label"], d["class_id"], d["score"], (d["box"][0], d["box"][1], d["box"][2], d["box"][3]))
+            for d in record["detections"]
+        ],
+    )
+
+
+def rank_path(out: Path, rank: int) -> Path:
+    """Where rank ``rank`` streams its records: ``results.jsonl`` → ``results.rank-3.jsonl``."""
+    return out.with_name(f"{out.stem}.rank-{rank}{out.suffix}")
+
+
+def rank_paths(out: Path) -> list[Path]:
+    """Every rank file of ``out`` present (from this run or an interrupted one with any number of ranks)."""
+    return sorted(out.parent.glob(f"{out.stem}.rank-*{out.suffix}"))
+
+
+@dataclass
+class ReadRecords:
+    """Records read from files: ``lines`` by key (the raw line, first occurrence kept), how many lines were
+    skipped as cut off or malformed."""
+
+    lines: dict[Key, str]
+    skipped: int = 0
+
+
+def read_records(paths: Iterable[Path]) -> ReadRecords:
+    """Every well-formed record line of ``paths`` that exist, by key (first occurrence wins)."""
+    found = ReadRecords({})
+    for path in paths:
+        if not path.is_file():
+            continue
+        with path.open("rb") as handle:
+            for raw in handle:
+                try:
+                    if not raw.endswith(b"\n"):
+                        raise ValueError("cut off")
+                    record = json.loads(raw)
+                    key = record_key(record)
+                except (ValueError, KeyError, TypeError):
+                    found.skipped += 1
+                    continue
+                found.lines.setdefault(key, raw.decode().rstrip("\n"))
+    return found
+
+
+def sort_key(key: Key, positions: Mapping[str, int]) -> tuple[int, int]:
+    """Input order: the file's place in the input list (unknown files last), then frame order, errors last."""
+    file, frame = key
+    place = positions.get(file, len(positions))
+    if frame is None:
+        return (place, -1)
+    return (place, _AFTER_FRAMES if frame == "error" else int(frame))
+
+
+def write_sorted(out: Path, lines: Mapping[Key, str], positions: Mapping[str, int]) -> None:
+    """Write ``lines`` in input order to ``out``, atomically (a temporary file renamed into place)."""
+    staged = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    with staged.open("w") as handle:
+        for key in sorted(lines, key=lambda key: sort_key(key, positions)):
+            handle.write(lines[key] + "\n")
+    os.replace(staged, out)
+
+
+def remove(paths: Iterable[Path]) -> None:
+    """Delete files, missing ones included."""
+    for path in paths:
+        path.unlink(missing_ok=True)
+
+
+class RecordWriter:
+    """Appends records to a JSON-lines file, one write and a flush per batch, so lines are whole and visible."""
+
+    def __init__(self, path: Path, *, append: bool):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._handle: TextIO = path.open("a" if append else "w")
+
+    def write(self, records: Sequence[Mapping[str, Any]]) -> None:
+        """Append ``records``, each one line."""
+        if records:
+            self._handle.write("".join(json.dumps(record) + "\n" for record in records))
+            self._handle.flush()
+
+    def close(self) -> None:
+        """Close the file."""
+        self._handle.close()
+
+
+def drawing_paths(files: Sequence[str], videos: set[str], directory: Path) -> dict[str, Path]:
+    """Where each input's drawing goes in ``directory``: its own name (PNG where its format cannot be written,
+    MP4 for videos), numbered where two inputs share one. Computed from the whole input list, so every rank and
+    every resumed run agrees."""
+    used: set[Path] = set()
+    paths = {}
+    for file in files:
+        stem, suffix = Path(file).stem, Path(file).suffix.lower()
+        if file in videos:
+            suffix = ".mp4"
+        elif suffix not in DRAWABLE_SUFFIXES:
+            suffix = ".png"
+        path, index = directory / f"{stem}{suffix}", 1
+        while path in used:
+            path = directory / f"{stem}-{index}{suffix}"
+            index += 1
+        used.add(path)
+        paths[file] = path
+    return paths
+
+
+def json_document(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """The single JSON object of a run without ``--out``: ``{file: {width, height, detections}}``, a video as
+    ``{file: {"frames": [{frame, timestamp, width, height, detections}, ...]}}``; errors are left out (they went
+    to stderr)."""
+    document: dict[str, Any] = {}
+    for record in records:
+        if "error" in record:
+            continue
+        entry = {k: v for k, v in record.items() if k != "file"}
+        if "frame" in record:
+            document.setdefault(record["file"], {"frames": []})["frames"].append(entry)
+        else:
+            document[record["file"]] = entry
+    return document
+
+
+def read_coco_images(path: Path) -> tuple[dict[str, int], list[dict[str, Any]]]:
+    """A COCO annotation (or image-info) file's ``file_name`` → image id, and its categories."""
+    try:
+        document = json.loads(path.read_text())
+    except OSError as exc:
+        raise DetectorError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DetectorError(f"{path} is not JSON: {exc}") from None
+    images = document.get("images") if isinstance(document, dict) else None
+    categories = document.get("categories") if isinstance(document, dict) else None
+    if not isinstance(images, list) or not all(isinstance(i, dict) and {"file_name", "id"} <= set(i) for i in images):
+        raise DetectorError(f"{path} is not a COCO annotation file: no 'images' list with file_name and id")
+    if not isinstance(categories, list) or not all(
+        isinstance(c, dict) and {"id", "name"} <= set(c) for c in categories
+    ):
+        raise DetectorError(f"{path} is not a COCO annotation file: no 'categories' list with id and name")
+    return {str(PurePath(image["file_name"])): int(image["id"]) for image in images}, categories
+
+
+def match_image_id(file: str, ids: Mapping[str, int]) -> int | None:
+    """The image id of an input path: the longest tail of its path that is a ``file_name`` of the annotation file
+    (``val2017/000000000139.jpg`` and ``/data/coco/val2017/000000000139.jpg`` both match ``000000000139.jpg``)."""
+    parts = PurePath(file).parts
+    for start in range(len(parts)):
+        tail = str(PurePath(*parts[start:]))
+        if tail in ids:
+            return ids[tail]
+    return None
+
+
+@dataclass
+class CocoResults:
+    """A COCO results list, and the inputs that had no image id (or were video frames)."""
+
+    detections: list[dict[str, Any]]
+    unmatched: list[str]
+
+
+def coco_results(lines: Iterable[str], ids: Mapping[str, int], class_to_category: Mapping[int, int]) -> CocoResults:
+    """COCO results (``image_id``, ``category_id``, ``bbox`` as xywh in pixels, ``score``) of detection record
+    lines, in their order; detections of classes without a category are left out, as ``detector evaluate`` does."""
+    results = CocoResults([], [])
+    for line in lines:
+        record = json.loads(line)
+        if "error" in record:
+            continue
+        image_id = None if "frame" in record else match_image_id(record["file"], ids)
+        if image_id is None:
+            if "frame" not in record or record["frame"] == 0:
+                results.unmatched.append(record["file"])
+            continue
+        for det in record["detections"]:
+            if det["class_id"] not in class_to_category:
+                continue
+            x1, y1, x2, y2 = det["box"]
+            results.detections.append(
+                {
+                    "image_id": image_id,
+                    "category_id": class_to_category[det["class_id"]],
+                    "bbox": [round(x1, 3), round(y1, 3), round(x2 - x1, 3), round(y2 - y1, 3)],
+                    "score": round(det["score"], 6),
+                }
+            )
+    return results
+
+
+def iter_lines(path: Path) -> Iterator[str]:
+    """The lines of a records file, without their newlines."""
+    with path.open() as handle:
+        for line in handle:
+            yield line.rstrip("\n")
