@@ -1,40 +1,63 @@
-"""The FastAPI app factory: ``create_app(settings)`` wires settings, metrics, the detection service, routes and
-middleware.
+"""The FastAPI app factory: ``create_app(settings)`` wires settings, API keys, metrics, the detection service, routes
+and middleware.
 
 Nothing is built at import time: ``python -m api`` calls the factory, and so can uvicorn
-(``uvicorn --factory api.main:create_app``, settings from ``DETECTOR_*``). The model loads in the lifespan hook, off
-the event loop, and the inference worker is stopped (queue drained) on shutdown.
+(``uvicorn --factory api.main:create_app``, settings from ``DETECTOR_*``). The models load in the lifespan hook,
+off the event loop, and the inference worker is stopped (queues drained) on shutdown.
+
+The protocols it speaks, one router module each: ours (``/v1/detect``, ``/v1/models``...), DeepStack /
+CodeProject.AI (``/v1/vision/...``) and KServe v2 / Triton (``/v2/...``).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
+from typing import Any
 
 import anyio
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 
-from api.errors import install_error_handlers
+from api.errors import drop_undeclared_validation_errors, install_error_handlers
 from api.metrics import Metrics
 from api.middleware import BodyLimitMiddleware, RequestContextMiddleware
-from api.routes import detect, health, model, page
-from api.service import DetectionService, ServedModel
+from api.models import ServedModel, load_models
+from api.routes import deepstack, detect, health, kserve, model, page
+from api.service import DetectionService
 from api.settings import Settings
 
+log = logging.getLogger("api.main")
 
-def create_app(settings: Settings | None = None, *, detector: ServedModel | None = None) -> FastAPI:
-    """Build the app. ``detector``: serve this model instead of loading ``settings.weights`` (tests, embedding)."""
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    detector: ServedModel | None = None,
+    detectors: Mapping[str, ServedModel] | None = None,
+) -> FastAPI:
+    """Build the app.
+
+    Args:
+        settings: the settings; default: from the environment.
+        detector: serve this one model (under its own name) instead of loading ``settings``' models (tests,
+            embedding).
+        detectors: serve these models by name, the first the default, instead of loading any.
+    """
     settings = settings if settings is not None else Settings()
     metrics = Metrics()
+    if settings.models and settings.weights:
+        log.warning("DETECTOR_WEIGHTS is ignored: DETECTOR_MODELS is set and wins")
 
-    def load_model() -> ServedModel:
-        if detector is not None:
-            return detector
-        from detector.inference import Detector
-
-        return Detector.from_weights(settings.weights, backend=settings.backend)
-
-    service = DetectionService(settings, metrics, load_model)
+    loader: Callable[[], Mapping[str, ServedModel]]
+    if detectors is not None:
+        loader = lambda: detectors  # noqa: E731
+    elif detector is not None:
+        loader = lambda: {detector.info().name: detector}  # noqa: E731
+    else:
+        loader = lambda: load_models(settings.model_sources, settings.backend, settings.threads)  # noqa: E731
+    service = DetectionService(settings, metrics, loader)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -53,9 +76,20 @@ def create_app(settings: Settings | None = None, *, detector: ServedModel | None
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.service = service
+    app.state.api_keys = settings.api_key_set()
     install_error_handlers(app, metrics)
-    for module in (detect, model, health, page):
-        app.include_router(module.router)
+    for router in (detect.router, model.router, deepstack.router, kserve.health, kserve.router, health.router):
+        app.include_router(router)
+    app.include_router(page.router)
+
+    def openapi() -> dict[str, Any]:
+        # FastAPI's schema, less the 422s it adds to routes of protocols that answer 400 (see api.errors).
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+            app.openapi_schema = drop_undeclared_validation_errors(schema)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     # The last added is the outermost: the request context sees (and counts) the body limit's 413s.
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes, metrics=metrics)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)

@@ -1,4 +1,8 @@
-"""Prometheus metrics: one registry per app (no process-global state), histograms so replicas aggregate."""
+"""Prometheus metrics: one registry per app (no process-global state), histograms so replicas aggregate.
+
+What happens per model (queue depth and wait, decoding, inference, batch sizes, images) carries a ``model`` label,
+the name the model is served under; HTTP figures are per route, as a route already names its model when it has one.
+"""
 
 from __future__ import annotations
 
@@ -31,22 +35,33 @@ class Metrics:
             "detector_rejections", "requests answered with an error, by reason (the error code)", ["reason"], registry=r
         )
         self.inflight = Gauge("detector_inflight_requests", "HTTP requests being handled", registry=r)
-        self.queue_depth = Gauge("detector_queue_depth", "requests waiting for the model", registry=r)
+        self.queue_depth = Gauge("detector_queue_depth", "requests waiting for the model", ["model"], registry=r)
         self.queue_wait = Histogram(
-            "detector_queue_wait_seconds", "time a request waited for its batch", buckets=LATENCY_BUCKETS, registry=r
+            "detector_queue_wait_seconds",
+            "time a request waited for its batch",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.decode = Histogram(
-            "detector_decode_seconds", "time to decode a request's images", buckets=LATENCY_BUCKETS, registry=r
+            "detector_decode_seconds",
+            "time to decode a request's images",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.inference = Histogram(
             "detector_inference_seconds",
             "time of one batch: preprocessing, forward pass, postprocessing",
+            ["model"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self.batch_size = Histogram("detector_batch_size", "images per forward pass", buckets=BATCH_BUCKETS, registry=r)
-        self.images = Counter("detector_images", "images detected on", registry=r)
-        self.model = Info("detector_model", "the loaded model", registry=r)
+        self.batch_size = Histogram(
+            "detector_batch_size", "images per forward pass", ["model"], buckets=BATCH_BUCKETS, registry=r
+        )
+        self.images = Counter("detector_images", "images detected on", ["model"], registry=r)
+        self.model = Info("detector_model", "a served model", ["model"], registry=r)
 
     def rejected(self, reason: str) -> None:
         """Count a request refused or failed for ``reason``."""

@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from api.errors import BodyTooLarge, InternalError, api_error_response
+from api.errors import BodyTooLarge, InternalError, api_error_response, error_style
 from api.logs import request_id_var
 from api.metrics import Metrics
 
@@ -71,7 +71,8 @@ class RequestContextMiddleware:
             log.exception("unhandled error", extra={"method": scope["method"], "path": scope["path"]})
             self.metrics.rejected(InternalError.code)
             if not response_started:
-                await api_error_response(InternalError("internal error"))(scope, receive, send_with_id)
+                response = api_error_response(InternalError("internal error"), error_style(scope["path"]))
+                await response(scope, receive, send_with_id)
         finally:
             self.metrics.inflight.dec()
             duration = time.perf_counter() - start
@@ -114,7 +115,9 @@ class BodyLimitMiddleware:
                 declared_bytes = -1  # the HTTP server refuses malformed lengths before we get here
             if declared_bytes > limit:
                 self.metrics.rejected(BodyTooLarge.code)
-                response = api_error_response(BodyTooLarge(f"request body is {declared_bytes} bytes; limit {limit}"))
+                response = api_error_response(
+                    BodyTooLarge(f"request body is {declared_bytes} bytes; limit {limit}"), error_style(scope["path"])
+                )
                 await response(scope, receive, send)
                 return
         received = 0

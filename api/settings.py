@@ -5,42 +5,14 @@ Model defaults (score threshold, NMS, input size) live in ``detector.defaults``;
 
 from __future__ import annotations
 
-import math
-import os
-from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from api.auth import ApiKeys
 from detector.backends.base import BackendChoice
-
-
-def available_cpus() -> int:
-    """CPUs this process may use: its affinity mask, capped by a cgroup CPU quota (v2 ``cpu.max`` or v1 CFS)."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cpus = os.cpu_count() or 1
-    quota = _cgroup_cpu_quota()
-    if quota is not None:
-        cpus = min(cpus, max(1, math.ceil(quota)))
-    return max(1, cpus)
-
-
-def _cgroup_cpu_quota() -> float | None:
-    """The CPU quota in CPUs (quota / period), or None where there is none."""
-    try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
-        return None if quota == "max" else int(quota) / int(period)
-    except (OSError, ValueError):
-        pass
-    try:
-        quota_us = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
-        period_us = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
-        return None if quota_us <= 0 else quota_us / period_us
-    except (OSError, ValueError):
-        return None
+from detector.machine import available_cpus
 
 
 class Settings(BaseSettings):
@@ -50,6 +22,17 @@ class Settings(BaseSettings):
 
     weights: str | None = Field(
         None, description="a built-in model's name or a weights file; unset or empty: the default built-in model"
+    )
+    models: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        description=(
+            "several models, comma-separated built-in names or weights files; the first is the default. "
+            "Wins over `weights` when both are set"
+        ),
+    )
+    api_keys: SecretStr | None = Field(
+        None,
+        description="API keys, comma-separated, or a file of them; unset or empty: no authentication (api/auth.py)",
     )
     host: str = "0.0.0.0"
     port: int = Field(8000, ge=1, le=65535)
@@ -81,6 +64,32 @@ class Settings(BaseSettings):
     @classmethod
     def _upper_case_level(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _split_models(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = value.split(",")
+        if isinstance(value, list | tuple):
+            value = tuple(item.strip() for item in value if isinstance(item, str) and item.strip() not in ("", "."))
+            if len(set(value)) != len(value):
+                raise ValueError(f"a model is listed twice: {', '.join(value)}")
+        return value
+
+    @field_validator("api_keys")
+    @classmethod
+    def _readable_keys(cls, value: SecretStr | None) -> SecretStr | None:
+        ApiKeys.parse(value.get_secret_value() if value is not None else None)  # refuse a missing file or no key
+        return value
+
+    @property
+    def model_sources(self) -> tuple[str | None, ...]:
+        """What to serve, in order (the first is the default): ``models``, else ``weights`` (None: the built-in)."""
+        return self.models or (self.weights,)
+
+    def api_key_set(self) -> ApiKeys | None:
+        """The accepted API keys, read now (from the file, if the setting names one); None: authentication off."""
+        return ApiKeys.parse(self.api_keys.get_secret_value() if self.api_keys is not None else None)
 
     def model_post_init(self, context: object, /) -> None:
         # DETECTOR_WEIGHTS= (empty) means the built-in model, not the current directory.

@@ -11,9 +11,11 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
+from fastapi import Request
 from PIL import Image
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api.errors import InvalidImage, TooManyPixels, UnsupportedMediaType
+from api.errors import InvalidImage, InvalidRequest, TooManyImages, TooManyPixels, UnsupportedMediaType
 from detector.errors import ImageError
 from detector.images import open_image, to_rgb_array
 
@@ -74,6 +76,30 @@ def check_media_type(content_type: str) -> None:
         raise UnsupportedMediaType(
             f"unsupported image type {content_type!r}; send one of: {', '.join(sorted(set(MEDIA_TYPES)))}"
         )
+
+
+async def read_multipart(request: Request, *, max_files: int, max_fields: int) -> list[tuple[str, Upload | str]]:
+    """A multipart body's parts in order: files as ``Upload`` (read), text fields as ``str``.
+
+    Starlette bounds the parts (``max_files`` files, ``max_fields`` text fields of at most 64 KiB); more files than
+    ``max_files`` is ``TooManyImages`` (413), a malformed body ``InvalidRequest``.
+    """
+    try:
+        form = await request.form(max_files=max_files, max_fields=max_fields, max_part_size=64 * 1024)
+    except StarletteHTTPException as exc:  # Starlette reports malformed or oversized forms as 400
+        if str(exc.detail).startswith("Too many files"):
+            raise TooManyImages(f"at most {max_files} images per request") from None
+        raise InvalidRequest(f"malformed multipart body: {exc.detail}") from None
+    try:
+        parts: list[tuple[str, Upload | str]] = []
+        for name, value in form.multi_items():
+            if isinstance(value, str):
+                parts.append((name, value))
+            else:
+                parts.append((name, Upload(await value.read(), media_type(value.content_type))))
+        return parts
+    finally:
+        await form.close()
 
 
 def decode_upload(upload: Upload, *, max_pixels: int) -> np.ndarray:

@@ -12,7 +12,6 @@ import threading
 import zlib
 
 import numpy as np
-import torch
 from PIL import Image
 
 from detector.results import Detection, ImageDetections, ModelInfo
@@ -38,19 +37,20 @@ def fake_info(name: str, labels: list[str]) -> ModelInfo:
 
 
 class FakeDetector:
-    """Two detections per image, in the image's own pixels: a person (0.9) top-left and a cat (0.6) bottom-right."""
+    """Two detections per image, in the image's own pixels: ``labels[0]`` (0.9) top-left and ``labels[1]`` (0.6)
+    bottom-right; by default a person and a cat. Batches and raw outputs are numpy arrays."""
 
-    labels = ("background", "person", "cat")
-
-    def __init__(self) -> None:
+    def __init__(self, name: str = "fake", labels: tuple[str, str] = ("person", "cat")) -> None:
+        self.name = name
+        self.labels = ("background", *labels)
         self.batch_sizes: list[int] = []
         self.fail = False
 
     def info(self) -> ModelInfo:
-        return fake_info("fake", ["person", "cat"])
+        return fake_info(self.name, list(self.labels[1:]))
 
     def preprocess(self, arrays):
-        return torch.zeros((len(arrays), 1))
+        return np.zeros((len(arrays), 1), np.float32)
 
     def predict_raw(self, batch):
         self.batch_sizes.append(batch.shape[0])
@@ -59,11 +59,12 @@ class FakeDetector:
     def postprocess(self, box_codes, class_logits, sizes, *, score_threshold, max_detections=None):
         if self.fail:
             raise RuntimeError("boom")
+        first, second = self.labels[1], self.labels[2]
         results = []
         for height, width in sizes:
             detections = [
-                Detection("person", 1, 0.9, (0.0, 0.0, width / 2, height / 2)),
-                Detection("cat", 2, 0.6, (width / 2, height / 2, float(width), float(height))),
+                Detection(first, 1, 0.9, (0.0, 0.0, width / 2, height / 2)),
+                Detection(second, 2, 0.6, (width / 2, height / 2, float(width), float(height))),
             ]
             detections = [d for d in detections if d.score >= score_threshold][:max_detections]
             results.append(ImageDetections(width=width, height=height, detections=detections))
@@ -73,8 +74,8 @@ class FakeDetector:
 class GatedModel(FakeDetector):
     """Blocks each forward pass until ``gate`` is set; records batch sizes; detects nothing."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, name: str = "gated") -> None:
+        super().__init__(name)
         self.gate = threading.Event()
         self.entered = threading.Event()
 
@@ -110,3 +111,13 @@ def png_header_only(width: int, height: int, filler: int = 64) -> bytes:
 def random_rgb(width: int = 8, height: int = 6, seed: int = 0) -> Image.Image:
     """A reproducible noise image."""
     return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (height, width, 3), dtype=np.uint8))
+
+
+TWO_MODELS = {"DETECTOR_MODELS": "coco,person", "DETECTOR_MAX_WAIT_MS": "0"}
+
+
+def two_model_service(**env: str):
+    """A live ``python -m api`` serving the built-in ``coco`` (the default) and ``person`` models (a context)."""
+    from api.testing.live import running_service
+
+    return running_service({**TWO_MODELS, **env})

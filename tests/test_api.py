@@ -117,7 +117,8 @@ def test_metrics_count_requests_batches_and_rejections(client: TestClient) -> No
     text = response.text
     assert 'detector_http_requests_total{method="POST",route="/v1/detect",status="200"} 1.0' in text
     assert 'detector_rejections_total{reason="unsupported_media_type"} 1.0' in text
-    assert "detector_batch_size_count 1.0" in text
+    assert 'detector_batch_size_count{model="fake"} 1.0' in text
+    assert 'detector_images_total{model="fake"} 1.0' in text
     for name in (
         "detector_http_request_duration_seconds_bucket",
         "detector_queue_wait_seconds_bucket",
@@ -165,7 +166,7 @@ def test_detect_multipart_one_image(client: TestClient) -> None:
     response = client.post("/v1/detect", files={"image": ("a.png", PNG, "image/png")})
     assert response.status_code == 200
     body = response.json()
-    assert body["model"] == {"name": "fake", "version": "0"}
+    assert body["model"] == {"id": "fake", "name": "fake", "version": "0"}
     assert body["results"] == [
         {
             "width": 8,
@@ -417,12 +418,12 @@ def test_a_model_failure_is_a_json_500_and_the_worker_survives(client: TestClien
 
 def test_queue_full_is_503_with_retry_after(client: TestClient) -> None:
     class FullService(DetectionService):
-        async def detect(self, uploads, params):
+        async def detect(self, name, uploads, params):
             raise QueueFull("the queue is full (64 requests waiting); retry shortly")
 
     service = client.app.state.service
-    full = FullService(service.settings, service.metrics, lambda: service.model)
-    full.model = service.model
+    full = FullService(service.settings, service.metrics, lambda: service.models)
+    full.models, full.infos = service.models, service.infos
     client.app.dependency_overrides[get_service] = lambda: full
     try:
         response = client.post("/v1/detect", content=PNG, headers={"Content-Type": "image/png"})
@@ -483,7 +484,7 @@ def test_concurrent_requests_share_forward_passes(fake: FakeDetector) -> None:
         for t in threads:
             t.start()
         deadline = time.monotonic() + 5
-        while sum(entered) + client.app.state.service.batcher.depth < 6 and time.monotonic() < deadline:
+        while sum(entered) + client.app.state.service.batcher.depth() < 6 and time.monotonic() < deadline:
             time.sleep(0.01)
         gate.set()
         for t in threads:

@@ -1,8 +1,10 @@
-"""The batcher alone: bounded queue, deadlines, batch formation and draining, with a controllable fake model."""
+"""The batcher alone: bounded queues, deadlines, batch formation, draining, and several models taking turns on the
+one inference thread, with controllable fake models."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import numpy as np
@@ -11,17 +13,19 @@ import pytest
 from api.batching import Batcher, Job
 from api.errors import DeadlineExceeded, Draining, QueueFull, QueueTimeout
 from api.metrics import Metrics
+from detector.results import ImageDetections
 from tests.support import GatedModel
 
 
-def job(images: int = 1, timeout_s: float = 10.0) -> Job:
+def job(images: int = 1, timeout_s: float = 10.0, model: str = "gated") -> Job:
     arrays = [np.zeros((4, 5, 3), np.uint8)] * images
-    return Job(arrays=arrays, score_threshold=0.5, max_detections=None, deadline=time.monotonic() + timeout_s)
+    return Job(model, arrays, score_threshold=0.5, max_detections=None, deadline=time.monotonic() + timeout_s)
 
 
-def batcher(model: GatedModel, **overrides) -> Batcher:
-    options = {"max_batch_size": 4, "max_wait_ms": 0, "queue_size": 2, "threads": 1, "metrics": Metrics()}
-    b = Batcher(model, **{**options, **overrides})
+def batcher(model: GatedModel | dict, **overrides) -> Batcher:
+    options = {"max_batch_size": 4, "max_wait_ms": 0, "queue_size": 2, "metrics": Metrics()}
+    models = model if isinstance(model, dict) else {"gated": model}
+    b = Batcher(models, **{**options, **overrides})
     b.start()
     return b
 
@@ -102,3 +106,99 @@ def test_close_finishes_queued_jobs_then_refuses() -> None:
     assert not b.alive
     with pytest.raises(Draining):
         b.submit(job())
+
+
+# --- several models ---------------------------------------------------------------------------------------------
+
+
+class RecordingModel(GatedModel):
+    """Appends ``(name, batch size)`` to a shared log at each forward pass, and counts passes running at once."""
+
+    running = 0
+    most_at_once = 0
+    lock = threading.Lock()
+
+    def __init__(self, name: str, log: list[tuple[str, int]], gate: threading.Event) -> None:
+        super().__init__(name)
+        self.log = log
+        self.gate = gate
+
+    def predict_raw(self, batch):
+        with RecordingModel.lock:
+            RecordingModel.running += 1
+            RecordingModel.most_at_once = max(RecordingModel.most_at_once, RecordingModel.running)
+        self.log.append((self.name, batch.shape[0]))
+        self.entered.set()
+        self.gate.wait(10)
+        time.sleep(0.005)  # long enough for a second pass to overlap, were two allowed
+        with RecordingModel.lock:
+            RecordingModel.running -= 1
+        return batch, batch
+
+
+def test_models_take_turns_on_the_one_inference_thread() -> None:
+    log: list[tuple[str, int]] = []
+    gate = threading.Event()
+    a, b = RecordingModel("a", log, gate), RecordingModel("b", log, gate)
+    batcher_ = batcher({"a": a, "b": b}, max_batch_size=2, queue_size=20)
+    first = batcher_.submit(job(model="a"))
+    assert a.entered.wait(5)  # the worker holds a's first pass
+    # A flood for a (8 jobs: 4 batches of 2), then one request for b.
+    futures = [batcher_.submit(job(model="a")) for _ in range(8)]
+    late = batcher_.submit(job(model="b"))
+    gate.set()
+    for future in [first, *futures, late]:
+        future.result(5)
+    batcher_.close(5)
+    # b's request is served right after a's next batch, not after a's whole queue.
+    assert log == [("a", 1), ("b", 1), ("a", 2), ("a", 2), ("a", 2), ("a", 2)]
+    assert RecordingModel.most_at_once == 1  # never two forward passes at once: one thread budget
+
+
+def test_round_robin_alternates_while_both_models_have_work() -> None:
+    log: list[tuple[str, int]] = []
+    gate = threading.Event()
+    a, b = RecordingModel("a", log, gate), RecordingModel("b", log, gate)
+    batcher_ = batcher({"a": a, "b": b}, max_batch_size=1, queue_size=20)
+    first = batcher_.submit(job(model="b"))
+    assert b.entered.wait(5)
+    futures = [batcher_.submit(job(model=name)) for name in ("a",) * 3 + ("b",) * 3]
+    gate.set()
+    for future in [first, *futures]:
+        future.result(5)
+    batcher_.close(5)
+    assert [name for name, _ in log] == ["b", "a", "b", "a", "b", "a", "b"]
+
+
+def test_each_model_has_its_own_bounded_queue() -> None:
+    log: list[tuple[str, int]] = []
+    gate = threading.Event()
+    a, b = RecordingModel("a", log, gate), RecordingModel("b", log, gate)
+    batcher_ = batcher({"a": a, "b": b}, queue_size=1)
+    try:
+        batcher_.submit(job(model="a"))
+        assert a.entered.wait(5)
+        batcher_.submit(job(model="a"))
+        with pytest.raises(QueueFull):
+            batcher_.submit(job(model="a"))
+        batcher_.submit(job(model="b"))  # a's full queue does not refuse b
+        assert (batcher_.depth("a"), batcher_.depth("b"), batcher_.depth()) == (1, 1, 2)
+    finally:
+        gate.set()
+        batcher_.close(5)
+
+
+def test_a_job_larger_than_a_batch_is_sliced_and_its_results_stay_in_order() -> None:
+    class Sized(GatedModel):
+        def postprocess(self, box_codes, class_logits, sizes, *, score_threshold, max_detections=None):
+            return [ImageDetections(width=w, height=h, detections=[]) for h, w in sizes]
+
+    model = Sized()
+    model.gate.set()
+    batcher_ = batcher(model, max_batch_size=3, queue_size=5)
+    arrays = [np.zeros((h, 7, 3), np.uint8) for h in range(1, 9)]
+    job_ = Job("gated", arrays, score_threshold=0.5, max_detections=None, deadline=time.monotonic() + 10)
+    result = batcher_.submit(job_).result(5)
+    batcher_.close(5)
+    assert model.batch_sizes == [3, 3, 2]
+    assert [d.height for d in result.detections] == list(range(1, 9))

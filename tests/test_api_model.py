@@ -27,7 +27,8 @@ def test_a_person_is_found_where_the_detector_finds_it(client: TestClient, perso
     response = client.post("/v1/detect", content=data, headers={"Content-Type": "image/jpeg"})
     assert response.status_code == 200
     body = response.json()
-    assert body["model"] == {"name": person_detector.info().name, "version": person_detector.info().version}
+    info = person_detector.info()
+    assert body["model"] == {"id": info.name, "name": info.name, "version": info.version}
     (result,) = body["results"]
     assert (result["width"], result["height"]) == (512, 600)
     expected = person_detector.detect(data)[0]

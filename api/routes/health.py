@@ -1,4 +1,4 @@
-"""Operations: liveness, readiness and Prometheus metrics."""
+"""Operations: liveness, readiness and Prometheus metrics (open even when API keys are on: probes carry none)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,16 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from api.deps import MetricsDep, ServiceDep
-from api.errors import Draining, InternalError, NotReady
+from api.errors import Draining, InternalError, NotReady, error_responses
 
 router = APIRouter(tags=["operations"])
 
 
-@router.get("/healthz", summary="Liveness: the process serves HTTP and its inference worker runs")
+@router.get(
+    "/healthz",
+    summary="Liveness: the process serves HTTP and its inference worker runs",
+    responses=error_responses("detector", 500),
+)
 async def healthz(service: ServiceDep) -> dict[str, str]:
     """200 while alive; 500 if the inference worker died (restart the process)."""
     if not service.alive:
@@ -20,7 +24,11 @@ async def healthz(service: ServiceDep) -> dict[str, str]:
     return {"status": "alive"}
 
 
-@router.get("/readyz", summary="Readiness: model loaded and not draining (200), else 503")
+@router.get(
+    "/readyz",
+    summary="Readiness: every model loaded and not draining (200), else 503",
+    responses=error_responses("detector", 503),
+)
 async def readyz(service: ServiceDep) -> dict[str, str]:
     """What a load balancer polls: 503 while loading, after a SIGTERM, or if the worker died."""
     if service.draining:
@@ -30,7 +38,12 @@ async def readyz(service: ServiceDep) -> dict[str, str]:
     return {"status": "ready"}
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}}}},
+)
 async def metrics(metrics: MetricsDep) -> Response:
     """Counters, gauges and histograms in Prometheus text format."""
     return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
