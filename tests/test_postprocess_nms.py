@@ -3,6 +3,7 @@ import pytest
 import torch
 from torchvision.ops import batched_nms
 
+from detector import postprocess
 from detector.postprocess import _clip_and_prune, _nms_first, nms
 
 
@@ -41,10 +42,16 @@ def test_falls_back_when_the_short_list_is_all_duplicates():
     assert boxes_kept[1].tolist() == pytest.approx([0.6, 0.6, 0.9, 0.9])
 
 
+@pytest.mark.parametrize("engine", ["opencv", "numpy"])
 @pytest.mark.parametrize(("count", "classes"), [(300, 1), (900, 5), (3000, 20)])
-def test_numpy_nms_keeps_what_torchvision_batched_nms_keeps(count, classes):
-    """The reference: torchvision's per-class NMS (both paths: the IoU matrix below 1024 boxes, rows above)."""
+def test_nms_keeps_what_torchvision_batched_nms_keeps(count, classes, engine, monkeypatch):
+    """The reference: torchvision's per-class NMS; OpenCV's C++ loop where installed, the numpy loop otherwise."""
+    if engine == "opencv":
+        pytest.importorskip("cv2")
+    else:
+        monkeypatch.setattr(postprocess, "cv2", None)
     boxes, scores, labels = _random(count + classes, count, classes)
     ours = nms(boxes, scores, labels, 0.6)
     theirs = batched_nms(torch.from_numpy(boxes), torch.from_numpy(scores), torch.from_numpy(labels), 0.6).numpy()
     assert ours.tolist() == theirs.tolist()
+    assert nms(boxes, scores, labels, 0.6, limit=7).tolist() == theirs[:7].tolist()
