@@ -64,7 +64,7 @@ def load_models(sources: Sequence[str | None], backend: BackendChoice, threads: 
 
     loaded: list[tuple[str, ServedModel]] = []
     for source in sources:
-        model = Detector.from_weights(source, backend=backend, threads=threads)
+        model = Detector.from_weights(source, backend=backend, threads=threads, measure_apart=True)
         loaded.append((served_name(source, model), model))
     check_names([name for name, _ in loaded])
     return dict(loaded)

@@ -44,8 +44,9 @@ class Settings(BaseSettings):
     backend: BackendChoice = Field(
         "auto", description="engine: auto (fastest meeting the accuracy bar here), torch, or another"
     )
-    # 8: on CPU at 300×300, larger batches gave no more images/s here, only longer waits (see benchmarks/load.py).
-    max_batch_size: int = Field(8, ge=1, le=256, description="most images in one forward pass")
+    # 4: on CPU at 300×300 a batch of 4 already gives the best images/s (benchmarks/backends.py: 8.99 ms/img at b4,
+    # 9.16 at b8), and every batch shape an engine has seen costs it ~25-50 MB of resident memory.
+    max_batch_size: int = Field(4, ge=1, le=256, description="most images in one forward pass")
     max_wait_ms: float = Field(
         10.0, ge=0, le=1000, description="how long a batch waits for requests already being decoded"
     )

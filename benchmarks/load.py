@@ -135,6 +135,7 @@ def main() -> int:
             pid = service.process.pid
             info = json.loads(urllib.request.urlopen(f"{service.url}/v1/model", timeout=10).read())
             print(f"service: cold start {cold_start:.2f} s (process start to ready), backend {info['backend']}")
+            rss_steps = [f"ready {rss_mib(pid):.0f}"]
             print("| traffic | connections | img/s | p50 ms | p90 ms | p99 ms | errors | raw Detector | ratio |")
             print("|---|---|---|---|---|---|---|---|---|")
             for kind in args.kinds.split(","):
@@ -162,7 +163,8 @@ def main() -> int:
                         f"| {kind} | {connections} | {r['rate']:.1f} | {r['p50'] / 1000:.1f} | {r['p90'] / 1000:.1f} |"
                         f" {r['p99'] / 1000:.1f} | {r['errors']} | {reference} | {ratio_text} |"
                     )
-            print(f"service RSS after the load: {rss_mib(pid):.0f} MiB (goal ≤ 400)")
+                rss_steps.append(f"after {kind} {rss_mib(pid):.0f}")
+            print(f"service RSS (MiB): {', '.join(rss_steps)} (goal ≤ 400)")
     return 0
 
 

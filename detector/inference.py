@@ -11,6 +11,10 @@ the ``torch`` backend, the reference outputs, exporting, measuring backends.
 from __future__ import annotations
 
 import copy
+import json
+import logging
+import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
@@ -30,6 +34,8 @@ from detector.preprocess import preprocess
 from detector.results import ImageDetections, ModelInfo
 from detector.spec import ModelSpec
 from detector.weights import load_weights, read_spec
+
+_log = logging.getLogger("detector.backends")
 
 if TYPE_CHECKING:
     import torch
@@ -123,6 +129,7 @@ class Detector:
         check_images: Sequence[np.ndarray] = (),
         threads: int | None = None,
         allow_int8: bool = False,
+        measure_apart: bool = False,
     ) -> Detector:
         """Load a weights file or a built-in model by name; ``None`` is the default built-in model.
 
@@ -133,6 +140,9 @@ class Detector:
                 any it refuses those), ``openvino-int8`` calibrates on them.
             threads: CPU threads of the engine (default: the CPUs this process may use).
             allow_int8: let ``auto`` consider INT8 (it must still meet the accuracy bar).
+            measure_apart: with "auto" and nothing cached for this machine, measure in a child process (which
+                imports torch for the reference) and build its choice here, so that this process stays without
+                torch when the choice runs from the export (the service does this).
 
         Raises:
             detector.errors.WeightsError: the file or built-in model is missing or does not fit.
@@ -144,6 +154,13 @@ class Detector:
         lean = cls._from_export(spec, path, digest, backend, device, check_images, threads, allow_int8)
         if lean is not None:
             return lean
+        if backend == "auto" and measure_apart and str(device) == "cpu" and not check_images and not allow_int8:
+            measured = _choose_in_child(path, threads)
+            if measured is not None:
+                name, reason = measured
+                chosen = cls.from_weights(path, device=device, backend=name, threads=threads)  # type: ignore[arg-type]
+                chosen.backend_reason = reason
+                return chosen
         network = inference_network(load_weights(path).model, device)
         key = weights_key(digest)
         if backend == "auto":
@@ -308,3 +325,31 @@ class Detector:
             arrays = [load_image(image) for image in items[start : start + batch_size]]
             results += self.detect_arrays(arrays, score_threshold=score_threshold, max_detections=max_detections)
         return results
+
+
+# The child's whole program: measure as ``Detector.from_weights(backend="auto")`` does, print the choice.
+_MEASURE_CHILD = """
+import json, sys
+from detector.inference import Detector
+detector = Detector.from_weights(sys.argv[1], backend="auto", threads=int(sys.argv[2]) or None)
+print(json.dumps({"name": detector.backend.name, "reason": detector.backend_reason}))
+"""
+
+
+def _choose_in_child(weights: Path, threads: int | None, timeout_s: float = 900.0) -> tuple[str, str] | None:
+    """``auto``'s measurement in a child process: (backend name, reason), or None if the child failed.
+
+    Measuring needs eager PyTorch as the reference, and a process that has imported torch keeps its few hundred MB
+    for good. The child also caches the choice where the cache is writable; where it is not (a read-only image),
+    its answer still reaches this process.
+    """
+    command = [sys.executable, "-c", _MEASURE_CHILD, str(weights), str(threads or 0)]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, check=False)
+        if done.returncode == 0:
+            outcome = json.loads(done.stdout.strip().splitlines()[-1])
+            return str(outcome["name"]), str(outcome["reason"])
+        _log.warning("measuring the backends in a child process failed: %s", done.stderr.strip()[-500:])
+    except (OSError, subprocess.TimeoutExpired, ValueError, IndexError, KeyError) as exc:
+        _log.warning("measuring the backends in a child process failed: %s", exc)
+    return None

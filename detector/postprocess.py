@@ -72,9 +72,7 @@ def _clip_and_prune(boxes: np.ndarray, *others: np.ndarray) -> tuple[np.ndarray,
     return (boxes[keep], *(t[keep] for t in others))
 
 
-def nms(
-    boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou_threshold: float, limit: int = 0
-) -> np.ndarray:
+def nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou_threshold: float, limit: int = 0) -> np.ndarray:
     """Per-class greedy NMS: indices of the kept boxes, highest score first (ties: the earlier box first), at most
     ``limit`` of them (0: all).
 
@@ -84,18 +82,31 @@ def nms(
     faster than the numpy loop); the numpy loop is the fallback.
     """
     if cv2 is not None and len(scores):
-        xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1).astype(np.float64)
-        keep = cv2.dnn.NMSBoxesBatched(
-            xywh, scores.astype(np.float32), classes.astype(np.int32), -math.inf, float(iou_threshold)
-        )
-        kept = np.asarray(keep, dtype=np.int64).reshape(-1)
-        return kept[:limit] if limit else kept
+        return _nms_opencv(boxes, scores, classes, iou_threshold, limit)
+    return _nms_numpy(boxes, scores, classes, iou_threshold, limit)
+
+
+def _nms_opencv(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou: float, limit: int) -> np.ndarray:
+    xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1).astype(np.float64)
+    # OpenCV's stubs ask for sequences; its bindings take numpy arrays as they are.
+    keep = cv2.dnn.NMSBoxesBatched(
+        xywh,  # type: ignore[arg-type]
+        scores.astype(np.float32),  # type: ignore[arg-type]
+        classes.astype(np.int32),  # type: ignore[arg-type]
+        -math.inf,
+        float(iou),
+    )
+    kept = np.asarray(keep, dtype=np.int64).reshape(-1)
+    return kept[:limit] if limit else kept
+
+
+def _nms_numpy(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou: float, limit: int) -> np.ndarray:
     order = np.argsort(-scores, kind="stable")
     boxes, classes = boxes[order], classes[order]
     areas = _areas(boxes)
     remaining = np.arange(len(order))
     keep: list[int] = []
-    threshold, zero = np.float32(iou_threshold), np.float32(0.0)
+    threshold, zero = np.float32(iou), np.float32(0.0)
     while remaining.size and not (limit and len(keep) >= limit):
         i = int(remaining[0])
         keep.append(i)
@@ -103,8 +114,8 @@ def nms(
         width = np.minimum(boxes[i, 2], boxes[rest, 2]) - np.maximum(boxes[i, 0], boxes[rest, 0])
         height = np.minimum(boxes[i, 3], boxes[rest, 3]) - np.maximum(boxes[i, 1], boxes[rest, 1])
         inter = np.maximum(width, zero) * np.maximum(height, zero)
-        iou = inter / (areas[i] + areas[rest] - inter)
-        remaining = rest[~((iou > threshold) & (classes[rest] == classes[i]))]
+        overlap = inter / (areas[i] + areas[rest] - inter)
+        remaining = rest[~((overlap > threshold) & (classes[rest] == classes[i]))]
     return order[np.asarray(keep, dtype=np.int64)]
 
 

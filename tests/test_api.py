@@ -98,7 +98,7 @@ def test_model_describes_model_and_serving(client: TestClient) -> None:
     assert body["backend"] == "pytorch"
     assert body["serving"] == {
         "backend": "auto",
-        "max_batch_size": 8,
+        "max_batch_size": 4,
         "max_wait_ms": 0.0,
         "queue_size": 64,
         "request_timeout_s": 10.0,

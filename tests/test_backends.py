@@ -146,3 +146,34 @@ def test_torch_backend_on_cpu_is_the_reference(person_detector):
     batch = check_batch(300, 2)
     assert max_abs_diff(person_detector.model_outputs(batch), person_detector.predict_raw(batch)) == 0.0
     assert isinstance(person_detector.predict_raw(batch)[0], np.ndarray)  # every engine speaks numpy
+
+
+@pytest.mark.slow
+def test_measuring_apart_leaves_the_caller_without_the_network(person_detector, monkeypatch, tmp_path):
+    pytest.importorskip("openvino")
+    import shutil
+
+    from detector.backends import selection
+    from detector.inference import Detector
+
+    weights = shutil.copy(person_detector._weights, tmp_path / "person.safetensors")
+    monkeypatch.setenv("DETECTOR_CACHE_DIR", str(tmp_path / "cache"))
+    detector = Detector.from_weights(weights, backend="auto", threads=1, measure_apart=True)
+    # A child measured (and cached) the choice; this process built the winner from the export, with no network.
+    cached = selection.cached_choice(detector.spec, detector.digest)
+    assert cached is not None and detector.backend.name == cached.name != "torch"
+    assert detector._network is None and detector.backend_reason.startswith("auto: ")
+
+
+def test_measuring_apart_falls_back_to_measuring_here(person_detector, monkeypatch, tmp_path):
+    import shutil
+
+    from detector import inference
+    from detector.backends import selection
+
+    weights = shutil.copy(person_detector._weights, tmp_path / "person.safetensors")
+    monkeypatch.setenv("DETECTOR_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(inference, "_choose_in_child", lambda *_: None)  # the child failed
+    monkeypatch.setattr(selection, "candidate_names", lambda device, **_: ["torch"])
+    detector = inference.Detector.from_weights(weights, backend="auto", threads=1, measure_apart=True)
+    assert detector.backend.name == "torch" and detector.backend_reason.startswith("auto: ")
