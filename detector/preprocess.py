@@ -5,10 +5,15 @@ TF1's ``ResizeBilinear`` with ``align_corners=False`` and no half-pixel centres 
 half-pixel centres, so they would feed the network different pixels; this module reproduces TF's sampling instead:
 
 - the reference path (``exact=True``) does TF's float32 arithmetic op by op: bit-identical to TensorFlow's own
-  preprocessed tensor (tests/test_parity.py), about 2.8 ms for a 640×480 image on one core;
-- the fast path (the default where OpenCV is installed, the ``fast`` extra) is OpenCV's ``warpAffine`` with the
-  inverse map source = destination · (in/out), TF1's legacy sampling, on float32 pixels: within 3e-5 grey levels
-  of the reference in about 0.6 ms (tests pin its network outputs to the reference path's within 1e-4).
+  preprocessed tensor (tests/test_parity.py), 1.5–2.8 ms for a 640×480 image on one core (CPU-dependent);
+- the fast path (the default where OpenCV ≥ 5 is installed, the ``fast`` extra) is OpenCV's ``remap`` on float32
+  pixels with maps holding TF's own float32 source coordinates: within 3.5e-5 grey levels of the reference in about
+  0.6 ms (tests pin its network outputs to the reference path's within 1e-4). The maps, not an affine matrix, because
+  ``warpAffine`` splits its coordinates into integer and fraction at a precision that depends on the CPU's dispatch
+  (0.014 grey levels off on an AMD EPYC, exact on a Xeon), while ``remap`` takes the fraction of the float32 value it
+  is given. OpenCV 4.x quantises both to 1/32 of a pixel (5 grey levels), so the first use checks the fast path on
+  a synthetic image and falls back to the reference where it does not agree. Images above 1.5 megapixels take the
+  reference, which is faster there (it gathers its samples before converting to float).
 
 numpy only (and OpenCV where present); :func:`resize_bilinear_legacy` is the same resize on torch tensors, for
 training.
@@ -16,6 +21,7 @@ training.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
@@ -37,10 +43,25 @@ except ImportError:  # pragma: no cover - depends on the environment
     cv2 = None  # type: ignore[assignment]
 
 
+_log = logging.getLogger(__name__)
+
+# Largest difference from the reference the fast resize may make on the self-check image, in grey levels: float32
+# rounding stays below 4e-5; OpenCV's fixed-point paths are 1e-2 (coordinates) to 5 (1/32-pixel weights) off.
+_FAST_RESIZE_TOLERANCE = 1e-3
+# Above this many source pixels the reference is the faster one: remap converts the whole image to float32, the
+# reference gathers its 4 · S² samples in uint8 first (benchmarks/resize.py: remap 0.5 ms vs 1.5 at 640×480, 0.9 vs
+# 1.5 at 1280×720, even at 1920×1080, 9.6 vs 1.8 at 3840×2160).
+_FAST_RESIZE_MAX_PIXELS = 1_500_000
+
+
+def _legacy_source(in_size: int, out_size: int) -> np.ndarray:
+    """TF's source coordinate of each output index: ``index · float32(in/out)`` in float32 (``LegacyScaler``)."""
+    return np.arange(out_size, dtype=np.float32) * np.float32(in_size / out_size)
+
+
 def _legacy_sample_points(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Lower and upper source indices and the interpolation weight for each output index (float32, as TF)."""
-    scale = np.float32(in_size / out_size)
-    source = np.arange(out_size, dtype=np.float32) * scale
+    source = _legacy_source(in_size, out_size)
     lower = np.floor(source)
     upper = np.minimum(lower + np.float32(1), np.float32(in_size - 1))
     return lower.astype(np.int64), upper.astype(np.int64), source - lower
@@ -107,18 +128,41 @@ def _resize_legacy_into(image: np.ndarray, size: int, scratch: np.ndarray) -> np
     return top
 
 
-def _resize_warp(image: np.ndarray, size: int) -> Any:
-    """TF1's legacy sampling through OpenCV: float32 (size, size, C), within 3e-5 grey levels of the reference."""
-    height, width = image.shape[:2]
-    # warpAffine with WARP_INVERSE_MAP reads source (x, y) = (x' · w/S, y' · h/S) for destination (x', y').
-    inverse = np.array([[width / size, 0.0, 0.0], [0.0, height / size, 0.0]])
-    return cv2.warpAffine(
-        image.astype(np.float32),
-        inverse,
-        (size, size),
-        flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-        borderMode=cv2.BORDER_REPLICATE,  # TF clamps the lower/upper sample to the last row/column
-    )
+@lru_cache(maxsize=64)
+def _remap_map(height: int, width: int, size: int) -> np.ndarray:
+    """``cv2.remap``'s (S, S, 2) float32 map of source (x, y): TF's coordinates, so its fractions are TF's weights."""
+    grid = np.empty((size, size, 2), dtype=np.float32)
+    grid[..., 0] = _legacy_source(width, size)[None, :]
+    grid[..., 1] = _legacy_source(height, size)[:, None]
+    grid.setflags(write=False)
+    return grid
+
+
+def _resize_remap(image: np.ndarray, size: int) -> Any:
+    """TF1's legacy sampling through OpenCV: float32 (size, size, C), within 3.5e-5 grey levels of the reference."""
+    source = _remap_map(image.shape[0], image.shape[1], size)
+    # BORDER_REPLICATE: TF clamps the upper sample to the last row/column.
+    return cv2.remap(image.astype(np.float32), source, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+@lru_cache(maxsize=1)
+def fast_resize_available() -> bool:
+    """Whether OpenCV is installed and its resize agrees with the reference here (checked once per process)."""
+    if cv2 is None:
+        return False
+    # Noise at a camera frame's size: coordinates up to 640 expose any rounding of the fraction, noise any weight.
+    image = np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    size = defaults.IMAGE_SIZE
+    reference = _resize_legacy_into(image, size, np.empty((4, size, size, 3), dtype=np.float32))
+    difference = float(np.abs(_resize_remap(image, size) - reference).max())
+    if difference > _FAST_RESIZE_TOLERANCE:
+        _log.warning(
+            "OpenCV %s resizes %.3g grey levels away from TF's resize; using the exact (slower) resize instead",
+            cv2.__version__,
+            difference,
+        )
+        return False
+    return True
 
 
 def preprocess(
@@ -132,20 +176,21 @@ def preprocess(
     """Stack RGB uint8 images (H, W, 3) of any sizes into the network input (N, 3, S, S) float32 in [-1, 1].
 
     ``exact``: bit-equal to :func:`resize_bilinear_legacy` followed by ``x · scale + offset`` in float32 (the
-    reference; tests check it); otherwise OpenCV's equivalent where installed (see the module docstring).
+    reference; tests check it); otherwise OpenCV's equivalent where it agrees (see the module docstring).
     """
     scale = np.float32(pixel_scale)
     offset = np.float32(pixel_offset)
     batch = np.empty((len(images), 3, image_size, image_size), dtype=np.float32)
-    fast = cv2 is not None and not exact
-    scratch = None if fast else np.empty((4, image_size, image_size, 3), dtype=np.float32)
+    fast = not exact and fast_resize_available()
+    scratch: np.ndarray | None = None
     for out, array in zip(batch, images, strict=True):
         if array.shape[:2] == (image_size, image_size):
             resized = array.astype(np.float32)
-        elif fast:
-            resized = _resize_warp(array, image_size)
+        elif fast and array.shape[0] * array.shape[1] <= _FAST_RESIZE_MAX_PIXELS:
+            resized = _resize_remap(array, image_size)
         else:
-            assert scratch is not None
+            if scratch is None:
+                scratch = np.empty((4, image_size, image_size, 3), dtype=np.float32)
             resized = _resize_legacy_into(array, image_size, scratch)
         np.multiply(resized.transpose(2, 0, 1), scale, out=out)
         np.add(out, offset, out=out)

@@ -1,6 +1,7 @@
 """The request path around the network: fast decoding, preprocessing and a batched postprocess, all exact."""
 
 import io
+import logging
 
 import numpy as np
 import pytest
@@ -8,6 +9,7 @@ import torch
 from PIL import Image
 
 from detector import images
+from detector import preprocess as preprocess_module
 from detector.postprocess import postprocess
 from detector.preprocess import preprocess, resize_bilinear_legacy
 from detector.samples import photo
@@ -21,7 +23,7 @@ def _reference_preprocess(arrays, size=300, scale=2.0 / 255.0, offset=-1.0):
     return batch
 
 
-SHAPES = [(480, 640), (100, 150), (300, 300), (1, 1), (299, 301), (1000, 30), (300, 600)]
+SHAPES = [(480, 640), (720, 1280), (100, 150), (300, 300), (1, 1), (299, 301), (1000, 30), (300, 600)]
 
 
 def _arrays():
@@ -40,6 +42,34 @@ def test_fast_preprocess_is_within_3e5_grey_levels_of_the_exact_one():
     arrays = _arrays()
     difference = np.abs(preprocess(arrays) - preprocess(arrays, exact=True)).max()
     assert difference * 255 / 2 < 3.5e-5  # in grey levels: the [-1, 1] input is (x · 2/255 − 1)
+
+
+def test_the_fast_resize_is_the_one_in_use_here():
+    """With OpenCV ≥ 5 the self-check passes, so the tests above exercise the fast path, not its fallback."""
+    pytest.importorskip("cv2")
+    assert preprocess_module.fast_resize_available()
+
+
+def test_images_above_the_fast_path_s_size_take_the_reference():
+    """Past 1.5 megapixels the reference is the faster resize (it gathers before converting): bit-equal results."""
+    pytest.importorskip("cv2")
+    large = np.random.default_rng(1).integers(0, 256, (1300, 1200, 3), dtype=np.uint8)
+    assert np.array_equal(preprocess([large]), preprocess([large], exact=True))
+
+
+def test_an_opencv_that_disagrees_falls_back_to_the_exact_resize(monkeypatch, caplog):
+    """OpenCV 4.x quantises the weights to 1/32 pixel: the self-check sees it and the reference path takes over."""
+    pytest.importorskip("cv2")
+    real = preprocess_module._resize_remap
+    monkeypatch.setattr(preprocess_module, "_resize_remap", lambda image, size: real(image, size) + np.float32(0.01))
+    preprocess_module.fast_resize_available.cache_clear()
+    try:
+        with caplog.at_level(logging.WARNING, logger="detector.preprocess"):
+            arrays = _arrays()
+            assert np.array_equal(preprocess(arrays), preprocess(arrays, exact=True))
+        assert "0.01 grey levels away" in caplog.text
+    finally:
+        preprocess_module.fast_resize_available.cache_clear()
 
 
 @pytest.mark.parametrize("name", ["bus.jpg", "camera.png", "rocket.jpg"])

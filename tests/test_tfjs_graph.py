@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from detector.cache import cache_dir
 from detector.convert import npm_package
 from detector.convert.tfjs_graph import read_tfjs_graph
 from detector.errors import DownloadError, GraphImportError
@@ -227,12 +228,16 @@ def test_bad_shape_is_refused(tmp_path):
         read_tfjs_graph(_write_model(tmp_path, weights=[(spec, b"", None)]))
 
 
-@pytest.mark.skipif(not (ROOT / ".cache" / "coco-ssd" / "model.json").is_file(), reason="COCO model not fetched")
+# Where `detector install-models coco` (run by `make test`) keeps the verified published files.
+PUBLISHED_MODEL = cache_dir() / "sources" / "coco-ssd" / "model.json"
+
+
+@pytest.mark.skipif(not PUBLISHED_MODEL.is_file(), reason="COCO model not fetched (detector install-models coco)")
 def test_published_model_anchors_match_tfjs_golden():
     """The reader's anchors constant is what TF.js itself returned for that node (tests/golden/make_tfjs_golden.py)."""
     from safetensors.numpy import load_file
 
-    graph = read_tfjs_graph(ROOT / ".cache" / "coco-ssd" / "model.json")
+    graph = read_tfjs_graph(PUBLISHED_MODEL)
     golden = load_file(str(ROOT / "tests" / "golden" / "tfjs_coco_ssdlite.safetensors"))
     np.testing.assert_array_equal(graph.weights["Postprocessor/ExpandDims"][0], golden["anchors"])
     assert len(graph.nodes) == 641 and len(graph.weights) == 262
