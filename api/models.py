@@ -20,6 +20,8 @@ from detector.builtin import BUILTIN_MODELS
 from detector.results import ModelInfo
 
 _SERVABLE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+# Path segments a route owns where a model name would go: DeepStack's ``POST /v1/vision/custom/list``.
+RESERVED_NAMES = frozenset({"list"})
 
 
 class ServedModel(BatchModel, Protocol):
@@ -41,12 +43,17 @@ def served_name(source: str | None, model: ServedModel) -> str:
 
 
 def check_names(names: Sequence[str]) -> None:
-    """Refuse (``ValueError``) names that are not URL-safe or that two models share."""
+    """Refuse (``ValueError``) names that are not URL-safe, that a route owns, or that two models share."""
     for name in names:
         if not _SERVABLE_NAME.fullmatch(name):
             raise ValueError(
                 f"model name {name!r} cannot be served: use letters, digits, '.', '_' and '-' "
                 "(re-convert the weights with --name)"
+            )
+        if name in RESERVED_NAMES:
+            raise ValueError(
+                f"model name {name!r} cannot be served: /v1/vision/custom/{name} is DeepStack's model list "
+                "(re-convert the weights with another --name)"
             )
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:

@@ -137,7 +137,7 @@ def main() -> None:
         for i, frame in enumerate(frames):
             files.append(folder / f"frame_{i:05d}.jpg")
             Image.fromarray(frame).save(files[-1], quality=90)
-        with VideoWriter(video, Fraction(25), WIDTH, HEIGHT) as writer:
+        with VideoWriter(video, Fraction(25)) as writer:
             for frame in frames:
                 writer.write(frame)
         raw_images(detector, files[:BATCH])  # warm-up: first-call allocations, page cache

@@ -5,6 +5,9 @@ dependency), and OpenCV is not one either; PyAV's wheels bundle FFmpeg itself, s
 FFmpeg reads works after a plain ``pip install``, and its frames convert to the (H, W, 3) uint8 RGB arrays that
 :meth:`detector.inference.Detector.detect_arrays` takes as they are.
 
+Frames come upright: a phone's portrait video is stored landscape with a display matrix saying how to turn it, and
+the frames are turned as players turn them (quarter turns; the rarer mirrored matrices are not undone).
+
 A video that cannot be opened or that breaks off midway raises :class:`~detector.errors.VideoError` (the frames
 read before the break are still given).
 """
@@ -41,8 +44,9 @@ def is_video(path: str | Path) -> bool:
 
 @dataclass(frozen=True)
 class VideoInfo:
-    """A video stream's size, frame rate (frames per second, the stream's average) and length in frames where the
-    container says (None where it does not: some containers only know once read to the end)."""
+    """A video stream's size as stored (before its display rotation; the frames themselves come upright), frame rate
+    (frames per second, the stream's average) and length in frames where the container says (None where it does
+    not: some containers only know once read to the end)."""
 
     width: int
     height: int
@@ -118,7 +122,7 @@ class VideoReader:
                     if timestamp + tolerance < next_time:
                         continue
                     next_time = (int((timestamp + tolerance) / period) + 1) * period
-                yield VideoFrame(index, round(timestamp, 6), frame.to_ndarray(format="rgb24"))
+                yield VideoFrame(index, round(timestamp, 6), _upright(frame))
         except _FAILURES as exc:
             raise VideoError(f"video data is corrupt or cut off: {exc}") from None
 
@@ -135,19 +139,26 @@ class VideoReader:
         self.close()
 
 
+def _upright(frame: av.VideoFrame) -> np.ndarray:
+    """A decoded frame's RGB pixels turned as its display matrix says (FFmpeg's ``av_display_rotation_get``: degrees
+    counter-clockwise; the ``ffmpeg`` tool's autorotate turns the same way)."""
+    pixels = frame.to_ndarray(format="rgb24")
+    quarter_turns = round(getattr(frame, "rotation", 0) / 90) % 4  # PyAV before 13 has no rotation: as stored
+    return np.ascontiguousarray(np.rot90(pixels, quarter_turns)) if quarter_turns else pixels
+
+
 class VideoWriter:
     """Writes RGB frames into an H.264 MP4 (MPEG-4 Part 2 where the FFmpeg build has no libx264).
 
-    Both need even frame sizes (4:2:0 chroma): an odd width or height is padded by repeating the last column or row.
+    Every frame has the first frame's size. Both codecs need even sizes (4:2:0 chroma): an odd width or height is
+    padded by repeating the last column or row.
 
     Args:
         path: the file to write (``.mp4``).
         rate: frames per second.
-        width: frame width in pixels.
-        height: frame height in pixels.
     """
 
-    def __init__(self, path: str | Path, rate: Fraction, width: int, height: int):
+    def __init__(self, path: str | Path, rate: Fraction):
         codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
         self.path = Path(path)
         try:
@@ -157,13 +168,17 @@ class VideoWriter:
         stream = self._container.add_stream(codec, rate=rate)
         assert isinstance(stream, VideoStream)
         self._stream = stream
-        self._stream.width, self._stream.height = width + width % 2, height + height % 2
         self._stream.pix_fmt = "yuv420p"
+        self._sized = False
         if codec == "libx264":
             self._stream.options = {"crf": "23", "preset": "veryfast"}
 
     def write(self, pixels: np.ndarray) -> None:
-        """Append one (H, W, 3) uint8 RGB frame of the size given at construction."""
+        """Append one (H, W, 3) uint8 RGB frame (the first one sets the video's size)."""
+        if not self._sized:
+            height, width = pixels.shape[:2]
+            self._stream.width, self._stream.height = width + width % 2, height + height % 2
+            self._sized = True
         pad = ((0, self._stream.height - pixels.shape[0]), (0, self._stream.width - pixels.shape[1]), (0, 0))
         if any(after for _, after in pad):
             pixels = np.pad(pixels, pad, mode="edge")
@@ -171,7 +186,11 @@ class VideoWriter:
         self._container.mux(self._stream.encode(frame))
 
     def close(self) -> None:
-        """Flush the encoder and finish the file."""
+        """Flush the encoder and finish the file; without a frame written there is no video, and no file is left."""
+        if not self._sized:
+            self._container.close()
+            self.path.unlink(missing_ok=True)
+            return
         self._container.mux(self._stream.encode(None))
         self._container.close()
 

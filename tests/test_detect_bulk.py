@@ -54,7 +54,7 @@ def _make_inputs(root: Path, count: int = 6) -> dict[str, Path]:
 def _make_video(path: Path, frames: int = 20, rate: int = 10) -> None:
     """``frames`` frames at ``rate`` fps: a person photo sliding over a synthetic background (160×120)."""
     person = np.asarray(_photo("grace_hopper.jpg", (60, 70)))
-    with VideoWriter(path, Fraction(rate), 160, 120) as writer:
+    with VideoWriter(path, Fraction(rate)) as writer:
         for i in range(frames):
             frame = synthetic_image(120, 160, seed=i % 3).copy()
             x = 5 + 4 * i % 90
@@ -164,6 +164,39 @@ def test_video_reader_samples_at_the_asked_rate(tmp_path):
     assert reader.info.frames_at(4) == 8
 
 
+def test_a_rotated_video_comes_upright(tmp_path):
+    """A phone's portrait clip: stored 160×120 landscape with a display matrix turning it 90° clockwise (-90 in
+    FFmpeg's counter-clockwise degrees), as players show it; frames come 120 wide and 160 high, turned that way."""
+    import av
+
+    stored = synthetic_image(120, 160, seed=0).copy()
+    stored[:, :16] = (255, 0, 0)  # a red left edge: after a clockwise quarter turn it is the top edge
+    path = tmp_path / "portrait.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 160, 120, "yuv420p"
+        stream.set_display_rotation(-90)
+        for _ in range(2):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(stored, format="rgb24")))
+        container.mux(stream.encode(None))
+    with VideoReader(path) as reader:
+        assert (reader.info.width, reader.info.height) == (160, 120)  # as stored
+        pixels = next(iter(reader.frames())).pixels
+    assert pixels.shape == (160, 120, 3) and pixels.flags.c_contiguous
+    assert (pixels[:12, :, 0] > 200).all() and (pixels[:12, :, 1:] < 60).all()  # the red edge on top
+
+    def off(expected: np.ndarray) -> float:  # mean difference in grey levels (the codec is lossy)
+        return float(np.abs(pixels.astype(float) - expected.astype(float)).mean())
+
+    assert off(np.rot90(stored, -1)) < 15 and off(np.rot90(stored, 1)) > 50  # measured: 6 and 80
+
+
+def test_a_writer_without_frames_leaves_no_file(tmp_path):
+    with VideoWriter(tmp_path / "empty.mp4", Fraction(10)):
+        pass
+    assert not (tmp_path / "empty.mp4").exists()
+
+
 # --- the command ----------------------------------------------------------------------------------------------------
 
 
@@ -189,6 +222,28 @@ def test_folder_streams_one_line_per_input_and_reports_bad_files(run, tmp_path):
     assert code == 1
     document = json.loads(stdout)
     assert document == {r["file"]: {k: v for k, v in r.items() if k != "file"} for r in records if "error" not in r}
+
+
+def test_resume_with_other_settings_is_refused_and_leaves_the_records(run, tmp_path):
+    """--resume over records of another threshold (or model, limit, frame rate) would mix two runs in one file."""
+    image = str(photo("grace_hopper.jpg"))
+    out = tmp_path / "results.jsonl"
+    assert run(image, "--out", str(out), "--score-threshold", "0.5", "--no-progress")[0] == 0
+    before = out.read_text()
+    settings = json.loads((tmp_path / "results.jsonl.settings.json").read_text())
+    assert settings["score_threshold"] == 0.5 and settings["max_detections"] is None and settings["fps"] is None
+    assert len(settings["weights_sha256"]) == 64
+
+    code, _, stderr = run(image, "--out", str(out), "--resume", "--score-threshold", "0.3", "--no-progress")
+    assert code == 1 and "Traceback" not in stderr
+    assert "other settings (score_threshold: 0.5 → 0.3)" in stderr and "leave --resume out" in stderr
+    assert out.read_text() == before
+    code, _, stderr = run(image, "--out", str(out), "--resume", "--score-threshold", "0.5", "--no-progress")
+    assert code == 0 and "1 record(s) kept from before" in stderr and out.read_text() == before
+    # Records without a settings note (an earlier version's) resume as before, with a word about it.
+    (tmp_path / "results.jsonl.settings.json").unlink()
+    code, _, stderr = run(image, "--out", str(out), "--resume", "--score-threshold", "0.3", "--no-progress")
+    assert code == 0 and "no settings noted" in stderr and out.read_text() == before
 
 
 def test_globs_and_standard_input(run, tmp_path, monkeypatch):
@@ -331,7 +386,8 @@ def test_torchrun_two_processes_merge_to_the_one_process_output(tmp_path):
     assert second.stderr.count("detector: error: ") == 3  # each broken file reported once, by the rank reading it
     lines = two.read_text().splitlines()
     assert len(lines) == 18 + 12 + 3 and lines == one.read_text().splitlines()
-    assert sorted(p.name for p in two.parent.iterdir()) == ["results.jsonl"]  # the rank files merged and removed
+    # The rank files merged and removed; the settings note stays for a later --resume.
+    assert sorted(p.name for p in two.parent.iterdir()) == ["results.jsonl", "results.jsonl.settings.json"]
     drawn = sorted(p.name for p in (tmp_path / "drawn").iterdir())
     assert len(drawn) == 18 + 1 and "clip.mp4" in drawn
     # Without --out: the single JSON object, gathered on rank 0, equals the one-process one.

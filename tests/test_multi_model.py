@@ -81,6 +81,7 @@ def test_served_names_are_the_built_in_names_or_the_weights_own() -> None:
         (["coco", "coco"], "two models would be served as 'coco'"),
         (["my model"], "model name 'my model' cannot be served"),
         (["a/b"], "model name 'a/b' cannot be served"),
+        (["coco", "list"], r"model name 'list' cannot be served: /v1/vision/custom/list is DeepStack"),
     ],
 )
 def test_unservable_names_are_refused(names: list[str], message: str) -> None:

@@ -10,7 +10,9 @@ Each batch's lines go out in one write and are flushed, so a killed run leaves w
 off; reading skips lines that do not parse. ``--resume`` keeps every detection record and drops the error records
 (those inputs are tried again). Under torchrun each rank appends to ``<out stem>.rank-K<suffix>``; rank 0 merges
 them in input order into the output at the end, through a temporary file renamed into place, so the output is
-never half-written.
+never half-written. Beside the records, ``<out>.settings.json`` notes what they depend on (the weights' digest, the
+score threshold, the detection limit, the video frame rate), so that ``--resume`` with other settings is refused
+rather than mixing two runs' records in one file.
 """
 
 from __future__ import annotations
@@ -120,6 +122,35 @@ def write_sorted(out: Path, lines: Mapping[Key, str], positions: Mapping[str, in
         for key in sorted(lines, key=lambda key: sort_key(key, positions)):
             handle.write(lines[key] + "\n")
     os.replace(staged, out)
+
+
+def settings_path(records: Path) -> Path:
+    """Where a run notes the settings its records depend on: ``results.jsonl`` → ``results.jsonl.settings.json``."""
+    return records.with_name(f"{records.name}.settings.json")
+
+
+def write_settings(records: Path, settings: Mapping[str, Any]) -> None:
+    """Note ``settings`` beside ``records`` (atomically: a temporary file renamed into place)."""
+    path = settings_path(records)
+    staged = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    staged.write_text(json.dumps(dict(settings), indent=2, sort_keys=True) + "\n")
+    os.replace(staged, path)
+
+
+def settings_differences(records: Path, settings: Mapping[str, Any]) -> list[str] | None:
+    """How ``settings`` differ from those noted beside ``records``, as "name: noted → now" lines; None when no
+    settings were noted (records from before they were, or from elsewhere) or the note does not parse."""
+    try:
+        noted = json.loads(settings_path(records).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(noted, dict):
+        return None
+    return [
+        f"{name}: {json.dumps(noted.get(name))} → {json.dumps(settings.get(name))}"
+        for name in sorted(set(noted) | set(settings))
+        if noted.get(name) != settings.get(name)
+    ]
 
 
 def remove(paths: Iterable[Path]) -> None:

@@ -54,7 +54,10 @@ from detector.cli.detect_outputs import (
     read_records,
     record_key,
     remove,
+    settings_differences,
+    settings_path,
     sort_key,
+    write_settings,
     write_sorted,
 )
 from detector.cli.models import installed_weights
@@ -203,7 +206,7 @@ class DetectionLoop:
             rate = event.info.rate
             if self.args.fps and self.args.fps < rate:
                 rate = Fraction(self.args.fps).limit_denominator(1001)
-            self._video = VideoWriter(self.drawings[file], rate, event.info.width, event.info.height)
+            self._video = VideoWriter(self.drawings[file], rate)
 
     def _frames(self, batch: FrameBatch) -> None:
         file = batch.source.path
@@ -243,7 +246,17 @@ def _positions(sources: Sequence[Source]) -> dict[str, int]:
     return {source.path: source.position for source in sources}
 
 
-def _plan(args: argparse.Namespace) -> Plan:
+def _settings(args: argparse.Namespace, detector: Detector) -> dict[str, Any]:
+    """What a run's records depend on: not the batch size or workers (no result changes), nor the engine (the bar)."""
+    return {
+        "weights_sha256": detector.digest,
+        "score_threshold": args.score_threshold,
+        "max_detections": args.max_detections,
+        "fps": args.fps,
+    }
+
+
+def _plan(args: argparse.Namespace, detector: Detector) -> Plan:
     """Rank 0: expand the inputs, report arguments naming none, and set the output up (fresh, or resumed)."""
     sources, problems = expand_arguments(args.images, sys.stdin)
     for problem in problems:
@@ -253,6 +266,17 @@ def _plan(args: argparse.Namespace) -> Plan:
         return plan
     records = _records_path(args)
     records.parent.mkdir(parents=True, exist_ok=True)
+    settings = _settings(args, detector)
+    if args.resume and records.is_file():
+        differences = settings_differences(records, settings)
+        if differences:
+            raise DetectorError(
+                f"--resume: {records} holds the records of a run with other settings ({'; '.join(differences)}); "
+                "resume with that run's settings, or leave --resume out to start over"
+            )
+        if differences is None:
+            log(f"--resume: no settings noted beside {records}; assuming they were this run's")
+    write_settings(records, settings)
     if args.resume:
         # The records of the last run, from its output and the rank files an interrupted torchrun run left, without
         # the cut-off last line and the error records (those inputs are tried again), in input order.
@@ -311,6 +335,7 @@ def _finish_output(
     staged.write_text(json.dumps(coco.detections) + "\n")
     staged.replace(args.out)
     records.unlink()
+    settings_path(records).unlink(missing_ok=True)
     log(match.describe(categories))
     if coco.unmatched:
         shown = ", ".join(coco.unmatched[:3]) + (", …" if len(coco.unmatched) > 3 else "")
@@ -337,7 +362,7 @@ def run(args: argparse.Namespace) -> int:
         detector = Detector.from_weights(weights, backend=args.backend)
         if world.is_main and args.format == "coco":
             _check_coco(args, detector)
-        plan: Plan = broadcast_from_main(_plan(args) if world.is_main else None, world)
+        plan: Plan = broadcast_from_main(_plan(args, detector) if world.is_main else None, world)
         drawings: dict[str, Path] = {}
         if args.draw:
             args.draw.mkdir(parents=True, exist_ok=True)
