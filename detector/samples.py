@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from detector.cache import write_atomic
+
 # name -> (wheel requirement, path inside the wheel); what a person sees in each.
 PHOTOS: dict[str, tuple[str, str]] = {
     "astronaut.png": ("scikit-image==0.26.0", "skimage/data/astronaut.png"),  # a person, RGB PNG
@@ -61,9 +63,7 @@ def _extract(requirement: str, directory: Path) -> None:
         with zipfile.ZipFile(wheel) as archive:
             for name, (req, member) in ALL_PHOTOS.items():
                 if req == requirement:
-                    staged = directory / f".{name}.{os.getpid()}.tmp"
-                    staged.write_bytes(archive.read(member))
-                    staged.replace(directory / name)
+                    write_atomic(directory / name, archive.read(member))
 
 
 def photo(name: str) -> Path:

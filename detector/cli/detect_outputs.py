@@ -18,12 +18,12 @@ rather than mixing two runs' records in one file.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 from typing import Any, TextIO
 
+from detector.cache import atomic_path, write_atomic
 from detector.errors import DetectorError
 from detector.results import Detection, ImageDetections
 
@@ -117,11 +117,9 @@ def sort_key(key: Key, positions: Mapping[str, int]) -> tuple[int, int]:
 
 def write_sorted(out: Path, lines: Mapping[Key, str], positions: Mapping[str, int]) -> None:
     """Write ``lines`` in input order to ``out``, atomically (a temporary file renamed into place)."""
-    staged = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    with staged.open("w") as handle:
+    with atomic_path(out) as staged, staged.open("w") as handle:
         for key in sorted(lines, key=lambda key: sort_key(key, positions)):
             handle.write(lines[key] + "\n")
-    os.replace(staged, out)
 
 
 def settings_path(records: Path) -> Path:
@@ -131,10 +129,7 @@ def settings_path(records: Path) -> Path:
 
 def write_settings(records: Path, settings: Mapping[str, Any]) -> None:
     """Note ``settings`` beside ``records`` (atomically: a temporary file renamed into place)."""
-    path = settings_path(records)
-    staged = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    staged.write_text(json.dumps(dict(settings), indent=2, sort_keys=True) + "\n")
-    os.replace(staged, path)
+    write_atomic(settings_path(records), json.dumps(dict(settings), indent=2, sort_keys=True) + "\n")
 
 
 def settings_differences(records: Path, settings: Mapping[str, Any]) -> list[str] | None:

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from detector.cache import write_atomic
 from detector.cli.common import EXIT_FAILED, EXIT_OK, error, log
 from detector.cli.detect_inputs import (
     FrameBatch,
@@ -331,9 +332,7 @@ def _finish_output(
     aliases = read_category_map(args.category_map) if args.category_map else None
     match = match_categories(detector.labels, categories, aliases)
     coco = coco_results(iter_lines(records), ids, match.class_to_category)
-    staged = args.out.with_name(f".{args.out.name}.tmp")
-    staged.write_text(json.dumps(coco.detections) + "\n")
-    staged.replace(args.out)
+    write_atomic(args.out, json.dumps(coco.detections) + "\n")
     records.unlink()
     settings_path(records).unlink(missing_ok=True)
     log(match.describe(categories))
