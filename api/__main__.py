@@ -16,10 +16,12 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import logging
 import signal
+import sys
 import time
 from types import FrameType
 
 import uvicorn
+from pydantic import ValidationError
 
 from api.logs import configure_logging
 from api.main import create_app
@@ -61,8 +63,14 @@ class DrainingServer(uvicorn.Server):
 
 
 def main() -> None:
-    """Run the service until SIGTERM/SIGINT."""
-    settings = Settings()
+    """Run the service until SIGTERM/SIGINT; exit status 2, one line per bad setting, on invalid settings."""
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        for problem in exc.errors():
+            variable = "DETECTOR_" + "_".join(str(part) for part in problem["loc"]).upper()
+            print(f"api: error: {variable}: {problem['msg']}", file=sys.stderr)
+        sys.exit(2)
     configure_logging(settings.log_level)
     app = create_app(settings)
     config = uvicorn.Config(

@@ -71,6 +71,9 @@ class ModelMetadata(BaseModel):
     platform: str
     inputs: list[TensorMetadata]
     outputs: list[TensorMetadata]
+    # Not in the protocol's schema (clients ignore unknown keys): the engine, its precision and the accuracy bar's
+    # figures it met, as ``GET /v1/model`` gives them.
+    parameters: dict[str, Parameter | None] = {}
 
 
 class ServerMetadata(BaseModel):
@@ -142,12 +145,15 @@ def inline_schema(model: type[BaseModel]) -> dict[str, Any]:
     return substitute(schema)
 
 
-def model_metadata(name: str, version: str, platform: str) -> ModelMetadata:
-    """The model's metadata: one BYTES input, the TF OD API's four outputs."""
+def model_metadata(
+    name: str, version: str, platform: str, parameters: dict[str, Parameter | None] | None = None
+) -> ModelMetadata:
+    """The model's metadata: one BYTES input, the TF OD API's four outputs; ``platform`` is the engine."""
     return ModelMetadata(
         name=name,
         versions=[version],
         platform=platform,
+        parameters=parameters or {},
         inputs=[TensorMetadata(name=INPUT, datatype="BYTES", shape=[-1])],
         outputs=[
             TensorMetadata(name=BOXES, datatype="FP32", shape=[-1, ROWS, 4]),

@@ -56,7 +56,9 @@ def create_app(
     elif detector is not None:
         loader = lambda: {detector.info().name: detector}  # noqa: E731
     else:
-        loader = lambda: load_models(settings.model_sources, settings.backend, settings.threads)  # noqa: E731
+        loader = lambda: load_models(  # noqa: E731
+            settings.model_sources, settings.backend, settings.threads, settings.precision
+        )
     service = DetectionService(settings, metrics, loader)
 
     @asynccontextmanager

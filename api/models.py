@@ -16,6 +16,7 @@ from typing import Protocol
 from api.batching import BatchModel
 from detector import defaults
 from detector.backends.base import BackendChoice
+from detector.backends.selection import PrecisionMode
 from detector.builtin import BUILTIN_MODELS
 from detector.results import ModelInfo
 
@@ -60,7 +61,9 @@ def check_names(names: Sequence[str]) -> None:
         raise ValueError(f"two models would be served as {duplicates[0]!r}; give one of them another --name")
 
 
-def load_models(sources: Sequence[str | None], backend: BackendChoice, threads: int) -> dict[str, ServedModel]:
+def load_models(
+    sources: Sequence[str | None], backend: BackendChoice, threads: int, precision: PrecisionMode = "fast"
+) -> dict[str, ServedModel]:
     """Load every source in order (the first is the default) and name them; slow: call it off the event loop.
 
     Every engine gets the whole thread budget ``threads``: the batcher runs one forward pass at a time.
@@ -71,7 +74,7 @@ def load_models(sources: Sequence[str | None], backend: BackendChoice, threads: 
 
     loaded: list[tuple[str, ServedModel]] = []
     for source in sources:
-        model = Detector.from_weights(source, backend=backend, threads=threads, measure_apart=True)
+        model = Detector.from_weights(source, backend=backend, precision=precision, threads=threads)
         loaded.append((served_name(source, model), model))
     check_names([name for name, _ in loaded])
     return dict(loaded)

@@ -127,6 +127,7 @@ class DetectionService:
                     "version": info.version,
                     "weights_sha256": info.weights_sha256,
                     "backend": info.backend,
+                    "precision": info.backend_precision,
                 }
             )
         self.infos = infos

@@ -12,6 +12,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from api.auth import ApiKeys
 from detector.backends.base import BackendChoice
+from detector.backends.selection import PrecisionMode
 from detector.machine import available_cpus
 
 
@@ -43,6 +44,11 @@ class Settings(BaseSettings):
     )
     backend: BackendChoice = Field(
         "auto", description="engine: auto (fastest meeting the accuracy bar here), torch, or another"
+    )
+    precision: PrecisionMode = Field(
+        "fast",
+        description="fast: auto may run bf16/fp16/int8 where they meet the accuracy bar; exact: fp32 engines only, "
+        "equal to TF / TF.js",
     )
     # 4: on CPU at 300×300 a batch of 4 already gives the best images/s (benchmarks/backends.py: 8.99 ms/img at b4,
     # 9.16 at b8), and every batch shape an engine has seen costs it ~25-50 MB of resident memory.

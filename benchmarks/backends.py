@@ -32,12 +32,11 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from detector import images
-from detector.backends.accuracy import MATCH_SCORE, compare_detections
+from detector.backends import accuracy
 from detector.backends.factory import build_backend
 from detector.errors import BackendUnavailable
 from detector.inference import Detector
 from detector.machine import describe_cpu_line
-from detector.results import ImageDetections
 from detector.samples import ALL_PHOTOS, check_images, photo, samples_dir
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,46 +57,6 @@ def best_ms(fn: Callable[[], object], repeats: int) -> float:
 def run_batches(run: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], batches: Sequence[np.ndarray]):
     outputs = [run(batch) for batch in batches]
     return np.concatenate([o[0] for o in outputs]), np.concatenate([o[1] for o in outputs])
-
-
-def agreement_ap(reference: Sequence[ImageDetections], candidate: Sequence[ImageDetections], labels) -> float:
-    """COCO AP (IoU 0.5:0.95) of ``candidate`` with ``reference``'s detections above 0.3 as the ground truth."""
-    from detector.training.coco import coco_api
-    from detector.training.evaluate import coco_evaluate
-
-    document = {"images": [], "annotations": [], "categories": []}
-    used = set()
-    detections = []
-    for image_id, (ref, got) in enumerate(zip(reference, candidate, strict=True), start=1):
-        document["images"].append({"id": image_id, "width": ref.width, "height": ref.height, "file_name": ""})
-        for det in ref.detections:
-            if det.score > 0.3:
-                x1, y1, x2, y2 = det.box
-                document["annotations"].append(
-                    {
-                        "id": len(document["annotations"]) + 1,
-                        "image_id": image_id,
-                        "category_id": det.class_id,
-                        "bbox": [x1, y1, x2 - x1, y2 - y1],
-                        "area": (x2 - x1) * (y2 - y1),
-                        "iscrowd": 0,
-                    }
-                )
-                used.add(det.class_id)
-        for det in got.detections:
-            x1, y1, x2, y2 = det.box
-            detections.append(
-                {
-                    "image_id": image_id,
-                    "category_id": det.class_id,
-                    "bbox": [x1, y1, x2 - x1, y2 - y1],
-                    "score": det.score,
-                }
-            )
-    document["categories"] = [{"id": c, "name": labels[c]} for c in sorted(used)]
-    truth = coco_api(document)
-    evaluator, _ = coco_evaluate(truth, detections, [i["id"] for i in document["images"]], sorted(used))
-    return float(evaluator.stats[0])
 
 
 def labelled_ap(detector: Detector, run) -> float:
@@ -142,8 +101,8 @@ def accuracy_controlled_int8(detector: Detector, batches: list[np.ndarray], refe
         outputs = [compiled(sample) for sample in data]
         codes = np.concatenate([np.asarray(o[0]) for o in outputs])
         logits = np.concatenate([np.asarray(o[1]) for o in outputs])
-        got = detector.postprocess(codes, logits, sizes, score_threshold=MATCH_SCORE)
-        return agreement_ap(reference, got, detector.spec.labels)
+        got = detector.postprocess(codes, logits, sizes, score_threshold=accuracy.CANDIDATE_SCORE)
+        return accuracy.agreement_ap(reference, got)
 
     started = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):
@@ -185,7 +144,9 @@ def main() -> None:
     names, arrays = list(judged), list(judged.values())
     sizes = [a.shape[:2] for a in arrays]
     batches = [reference.preprocess(arrays[i : i + 8], exact=True) for i in range(0, len(arrays), 8)]
-    ref_dets = reference.postprocess(*run_batches(reference.model_outputs, batches), sizes, score_threshold=MATCH_SCORE)
+    ref_dets = reference.postprocess(
+        *run_batches(reference.model_outputs, batches), sizes, score_threshold=accuracy.CANDIDATE_SCORE
+    )
     timing8 = batches[0]
     labelled = ANNOTATED.is_file() and args.weights == "coco"
 
@@ -223,14 +184,10 @@ def main() -> None:
         b1 = best_ms(lambda e=engine: [e(timing8[i : i + 1]) for i in range(8)], repeats) / 8
         b8 = best_ms(lambda e=engine: e(timing8), repeats) / 8
         base = base or b8
-        got = reference.postprocess(*run_batches(engine, batches), sizes, score_threshold=MATCH_SCORE)
-        agreement = compare_detections(ref_dets, got, names)
-        verdict = ("meets: " if agreement.passed else "fails: ") + (
-            f"min IoU {agreement.min_iou:.3f}, max score diff {agreement.max_score_diff:.3f}, "
-            f"{len(agreement.lost)} lost, {len(agreement.extra)} extra"
-        )
-        ap = agreement_ap(ref_dets, got, reference.spec.labels)
-        row = f"| {name} | {b1:.2f} | {b8:.2f} | {base / b8:.1f}× | {verdict} | {ap:.3f} |"
+        got = reference.postprocess(*run_batches(engine, batches), sizes, score_threshold=accuracy.CANDIDATE_SCORE)
+        judged = accuracy.judge(ref_dets, got, names)
+        verdict = ("meets" if judged.passed else "fails") + f": {len(judged.lost)} confident lost"
+        row = f"| {name} | {b1:.2f} | {b8:.2f} | {base / b8:.1f}× | {verdict} | {judged.agreement_ap:.4f} |"
         if labelled:
             row += f" {labelled_ap(reference, engine):.3f} |"
         print(row)

@@ -10,11 +10,6 @@ the ``torch`` backend, the reference outputs, exporting, measuring backends.
 
 from __future__ import annotations
 
-import copy
-import json
-import logging
-import subprocess
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
@@ -23,11 +18,13 @@ import numpy as np
 
 from detector import defaults
 from detector.anchors import anchors_for
+from detector.backends import selection
 from detector.backends.base import Backend, BackendChoice
-from detector.backends.factory import FROM_EXPORT, build_backend, build_from_export
-from detector.backends.onnx import weights_key
+from detector.backends.factory import build_backend
+from detector.backends.selection import Choice, PrecisionMode
 from detector.builtin import resolve_weights
 from detector.cache import file_digest
+from detector.errors import BackendUnavailable
 from detector.images import ImageInput, load_image
 from detector.postprocess import detections_in_pixels
 from detector.preprocess import preprocess
@@ -35,42 +32,8 @@ from detector.results import ImageDetections, ModelInfo
 from detector.spec import ModelSpec
 from detector.weights import load_weights, read_spec
 
-_log = logging.getLogger("detector.backends")
-
 if TYPE_CHECKING:
-    import torch
-    from torch import nn
-
     from detector.model import SSDLite
-
-REFERENCE_REASON = "the default: eager PyTorch, the reference"
-
-
-def fold_batch_norms(module: nn.Module) -> nn.Module:
-    """Fold every (Conv2d, BatchNorm2d) pair of ``Sequential`` containers into the conv, in place (eval only).
-
-    Inference then does one multiply-add per weight instead of a conv followed by a per-channel affine pass.
-    """
-    from torch import nn
-    from torch.nn.utils.fusion import fuse_conv_bn_eval
-
-    for child in module.children():
-        fold_batch_norms(child)
-    if isinstance(module, nn.Sequential):
-        for i in range(len(module) - 1):
-            conv, bn = module[i], module[i + 1]
-            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
-                module[i] = fuse_conv_bn_eval(conv, bn)
-                module[i + 1] = nn.Identity()
-    return module
-
-
-def inference_network(model: SSDLite, device: str | torch.device = "cpu") -> SSDLite:
-    """A copy of ``model`` in inference form: eval mode, batch norm folded, on ``device``."""
-    import torch
-
-    network = fold_batch_norms(copy.deepcopy(model).eval()).to(torch.device(device))
-    return cast("SSDLite", network)
 
 
 class Detector:
@@ -86,7 +49,7 @@ class Detector:
         weights: the weights file, to load the network from when it is first needed.
         digest: SHA-256 of the weights file, reported by ``info``.
         device: where the network runs (for the torch backends).
-        backend_reason: why that backend, for ``info``.
+        choice: which engine runs and why (:func:`detector.backends.selection.choose`), for ``info``.
     """
 
     def __init__(
@@ -98,7 +61,7 @@ class Detector:
         weights: Path | None = None,
         digest: str = "",
         device: str = "cpu",
-        backend_reason: str = REFERENCE_REASON,
+        choice: Choice | None = None,
     ):
         if network is None and weights is None:
             raise ValueError("a Detector needs its network or the weights file to load it from")
@@ -106,14 +69,21 @@ class Detector:
         self.digest = digest
         self.device = device
         self.backend = backend
-        self.backend_reason = backend_reason
+        self.choice = choice or Choice(backend.name, selection.REFERENCE_REASON)
         self.anchors = anchors_for(spec.image_size)
         self._network = network
         self._weights = weights
 
+    @property
+    def backend_reason(self) -> str:
+        """Why this engine runs: asked for by name, or ``auto``'s measured choice and the table behind it."""
+        return self.choice.reason
+
     @classmethod
     def from_model(cls, model: SSDLite, spec: ModelSpec, *, device: str = "cpu", digest: str = "") -> Detector:
         """A detector running a copy of ``model`` (left as it is) in eager PyTorch on ``device``."""
+        from detector.model import inference_network
+
         network = inference_network(model, device)
         return cls(
             spec, backend=build_backend("torch", network, device=device), network=network, digest=digest, device=device
@@ -126,102 +96,62 @@ class Detector:
         *,
         device: str = "cpu",
         backend: BackendChoice = "torch",
-        check_images: Sequence[np.ndarray] = (),
+        precision: PrecisionMode = "fast",
         threads: int | None = None,
-        allow_int8: bool = False,
-        measure_apart: bool = False,
+        calibration_images: Sequence[np.ndarray] = (),
     ) -> Detector:
         """Load a weights file or a built-in model by name; ``None`` is the default built-in model.
 
         Args:
-            backend: "torch" (the reference), "auto" (the fastest one meeting the accuracy bar here, measured once
-                per machine and cached), or a name from :data:`detector.backends.base.BACKEND_NAMES`.
-            check_images: RGB uint8 photographs: ``auto`` judges reduced-precision backends on them (without
-                any it refuses those), ``openvino-int8`` calibrates on them.
+            backend: "torch" (the reference), "auto" (the fastest engine meeting the accuracy bar here, measured
+                once per machine in a child process and cached), or a name from
+                :data:`detector.backends.base.BACKEND_NAMES`.
+            precision: "fast" lets ``auto`` run reduced precision (fp16, bf16, int8) where it meets the bar;
+                "exact" keeps to fp32 engines, whose outputs equal TF's / TF.js's (and refuses a reduced-precision
+                backend asked for by name).
             threads: CPU threads of the engine (default: the CPUs this process may use).
-            allow_int8: let ``auto`` consider INT8 (it must still meet the accuracy bar).
-            measure_apart: with "auto" and nothing cached for this machine, measure in a child process (which
-                imports torch for the reference) and build its choice here, so that this process stays without
-                torch when the choice runs from the export (the service does this).
+            calibration_images: RGB uint8 photographs for ``openvino-int8`` asked for by name (default: the check
+                photographs, :func:`detector.samples.check_images`).
 
         Raises:
             detector.errors.WeightsError: the file or built-in model is missing or does not fit.
             detector.errors.BackendUnavailable: the named backend cannot run here.
+            detector.errors.DetectorError: an unknown precision, or a backend that computes in another one.
         """
         path = resolve_weights(weights)
         spec = read_spec(path)
         digest = file_digest(path)
-        lean = cls._from_export(spec, path, digest, backend, device, check_images, threads, allow_int8)
-        if lean is not None:
-            return lean
-        if backend == "auto" and measure_apart and str(device) == "cpu" and not check_images and not allow_int8:
-            measured = _choose_in_child(path, threads)
-            if measured is not None:
-                name, reason = measured
-                chosen = cls.from_weights(path, device=device, backend=name, threads=threads)  # type: ignore[arg-type]
-                chosen.backend_reason = reason
-                return chosen
-        network = inference_network(load_weights(path).model, device)
-        key = weights_key(digest)
-        if backend == "auto":
-            from detector.backends.selection import select_backend
-
-            engine, choice = select_backend(
-                network, spec, check_images, digest=digest, device=device, threads=threads, allow_int8=allow_int8
-            )
-            reason = f"auto: {choice.reason}"
-        elif backend == "torch":
-            engine, reason = build_backend("torch", network, device=device, threads=threads), REFERENCE_REASON
-        else:
-            pre = spec.preprocessing
-            calibration = (
-                [preprocess(check_images, spec.image_size, pre.pixel_scale, pre.pixel_offset, exact=True)]
-                if check_images
-                else []
-            )
-            engine = build_backend(backend, network, device=device, calibration=calibration, key=key, threads=threads)
-            reason = "asked for by name"
-        return cls(
-            spec, backend=engine, network=network, weights=path, digest=digest, device=device, backend_reason=reason
+        choice = selection.choose(
+            path, spec, digest, backend=backend, precision=precision, device=device, threads=threads
         )
+        calibration = None
+        if choice.name == "openvino-int8" and choice.model_file is None:
+            calibration = _calibration_batches(spec, calibration_images)
 
-    @classmethod
-    def _from_export(
-        cls,
-        spec: ModelSpec,
-        path: Path,
-        digest: str,
-        backend: BackendChoice,
-        device: str,
-        check_images: Sequence[np.ndarray],
-        threads: int | None,
-        allow_int8: bool,
-    ) -> Detector | None:
-        """The detector without its network, when its engine can run the cached export (no torch); else None."""
-        if str(device) != "cpu":
-            return None
-        name, reason = str(backend), "asked for by name"
-        if backend == "auto":
-            from detector.backends.selection import cached_choice
+        def load_network() -> SSDLite:
+            from detector.model import inference_network
 
-            choice = cached_choice(
-                spec, digest, device=device, with_photographs=bool(check_images), allow_int8=allow_int8
+            return inference_network(load_weights(path).model, device)
+
+        try:
+            engine, network = selection.build(
+                choice, digest, device=device, threads=threads, calibration=calibration, load_network=load_network
             )
-            if choice is None:
-                return None
-            name, reason = choice.name, f"auto: {choice.reason}"
-        if name not in FROM_EXPORT:
-            return None
-        engine = build_from_export(name, weights_key(digest), threads=threads)
-        if engine is None:
-            return None
-        return cls(spec, backend=engine, weights=path, digest=digest, device=device, backend_reason=reason)
+        except BackendUnavailable:
+            if backend != "auto":
+                raise
+            # auto's choice no longer builds here (an engine uninstalled since it was measured): the reference.
+            choice = Choice("torch", f"{choice.name} no longer builds here; {selection.REFERENCE_REASON}")
+            engine, network = selection.build(choice, digest, device=device, threads=threads, load_network=load_network)
+        return cls(spec, backend=engine, network=network, weights=path, digest=digest, device=device, choice=choice)
 
     @property
     def model(self) -> SSDLite:
         """The network in inference form (eager PyTorch), loaded from the weights file on first use."""
         if self._network is None:
             assert self._weights is not None
+            from detector.model import inference_network
+
             self._network = inference_network(load_weights(self._weights).model, self.device)
         return self._network
 
@@ -245,6 +175,8 @@ class Detector:
             backend=self.backend.name,
             backend_engine=self.backend.describe(),
             backend_reason=self.backend_reason,
+            backend_precision=self.choice.precision,
+            backend_figures=self.choice.figures(),
         )
 
     def predict_raw(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -327,29 +259,14 @@ class Detector:
         return results
 
 
-# The child's whole program: measure as ``Detector.from_weights(backend="auto")`` does, print the choice.
-_MEASURE_CHILD = """
-import json, sys
-from detector.inference import Detector
-detector = Detector.from_weights(sys.argv[1], backend="auto", threads=int(sys.argv[2]) or None)
-print(json.dumps({"name": detector.backend.name, "reason": detector.backend_reason}))
-"""
+def _calibration_batches(spec: ModelSpec, photos: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Preprocessed batches of ``photos`` (default: the check photographs) for int8 calibration."""
+    if not photos:
+        from detector.samples import check_images
 
-
-def _choose_in_child(weights: Path, threads: int | None, timeout_s: float = 900.0) -> tuple[str, str] | None:
-    """``auto``'s measurement in a child process: (backend name, reason), or None if the child failed.
-
-    Measuring needs eager PyTorch as the reference, and a process that has imported torch keeps its few hundred MB
-    for good. The child also caches the choice where the cache is writable; where it is not (a read-only image),
-    its answer still reaches this process.
-    """
-    command = [sys.executable, "-c", _MEASURE_CHILD, str(weights), str(threads or 0)]
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, check=False)
-        if done.returncode == 0:
-            outcome = json.loads(done.stdout.strip().splitlines()[-1])
-            return str(outcome["name"]), str(outcome["reason"])
-        _log.warning("measuring the backends in a child process failed: %s", done.stderr.strip()[-500:])
-    except (OSError, subprocess.TimeoutExpired, ValueError, IndexError, KeyError) as exc:
-        _log.warning("measuring the backends in a child process failed: %s", exc)
-    return None
+        photos = list(check_images().values())
+    pre = spec.preprocessing
+    return [
+        preprocess(photos[i : i + 8], spec.image_size, pre.pixel_scale, pre.pixel_offset, exact=True)
+        for i in range(0, len(photos), 8)
+    ]

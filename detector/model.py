@@ -13,8 +13,10 @@ extra blocks and the SSDLite head (depthwise-separable predictors). What differs
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from functools import partial
+from typing import cast
 
 import torch
 from torch import nn
@@ -133,3 +135,27 @@ def ssdlite_mobilenet_v2(
     head = SSDLiteHead(backbone.out_channels, num_anchors_per_location(specs), num_classes, norm_layer)
     anchors = torch.from_numpy(ssd_anchors(feature_map_sizes(image_size, len(backbone.out_channels)), specs))
     return SSDLite(backbone, head, anchors, image_size=image_size, num_classes=num_classes)
+
+
+def fold_batch_norms(module: nn.Module) -> nn.Module:
+    """Fold every (Conv2d, BatchNorm2d) pair of ``Sequential`` containers into the conv, in place (eval only).
+
+    Inference then does one multiply-add per weight instead of a conv followed by a per-channel affine pass.
+    """
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    for child in module.children():
+        fold_batch_norms(child)
+    if isinstance(module, nn.Sequential):
+        for i in range(len(module) - 1):
+            conv, bn = module[i], module[i + 1]
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                module[i] = fuse_conv_bn_eval(conv, bn)
+                module[i + 1] = nn.Identity()
+    return module
+
+
+def inference_network(model: SSDLite, device: str | torch.device = "cpu") -> SSDLite:
+    """A copy of ``model`` in inference form: eval mode, batch norm folded, on ``device``."""
+    network = fold_batch_norms(copy.deepcopy(model).eval()).to(torch.device(device))
+    return cast("SSDLite", network)

@@ -6,7 +6,7 @@ results without importing the network. :class:`ModelInfo` describes what produce
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 
@@ -54,6 +54,9 @@ class ModelInfo:
     backend: str
     backend_engine: dict[str, str]
     backend_reason: str
+    # The numeric precision the engine computes in, and the accuracy bar's figures it met (auto's measured choice).
+    backend_precision: str = "fp32"
+    backend_figures: dict[str, float | int | None] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "input_size": list(self.input_size)}

@@ -10,6 +10,7 @@ standard library and numpy are needed, so the side environments of those scripts
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
@@ -40,6 +41,13 @@ ALL_PHOTOS = {**PHOTOS, **STREET_PHOTOS}
 
 # (name, height, width, seed): one at the network's size (resize is the identity), a landscape one, and an odd one.
 SYNTHETIC = (("synthetic_300x300", 300, 300, 1), ("synthetic_480x640", 480, 640, 2), ("synthetic_317x211", 317, 211, 3))
+
+
+def annotations_file() -> Path | None:
+    """The hand-annotated boxes of the sample photographs (COCO format, ``tests/data/sample_photos_coco.json``),
+    where this is a source checkout; None elsewhere."""
+    path = Path(__file__).resolve().parent.parent / "tests" / "data" / "sample_photos_coco.json"
+    return path if path.is_file() else None
 
 
 def samples_dir() -> Path:
@@ -114,30 +122,78 @@ def people_mosaic() -> np.ndarray:
     return np.concatenate(tiles, axis=1)
 
 
-if __name__ == "__main__":
-    for path in all_photos():
-        print(path)
+# The variants of each photograph in the check set, as augmentation pipelines commonly make them: geometry (mirror,
+# rotation, rescale, crops), photometry (grey, dark, bright, flat contrast, blur) and compression. Each one moves
+# objects to other anchors and scales, so the set probes far more of the network than the photographs alone.
+VARIANTS = (
+    "mirrored", "rot90", "rot270", "x0.5", "x0.75", "x1.25", "x1.5", "crop", "left", "right", "top", "bottom",
+    "gray", "dark", "bright", "flat", "blur", "jpeg30", "mirrored:x0.75", "mirrored:gray", "mirrored:crop",
+    "mirrored:dark", "mirrored:x0.5", "mirrored:x1.5", "mirrored:blur", "mirrored:bright", "mirrored:jpeg30",
+    "rot90:x0.75", "x0.75:jpeg30", "crop:bright",
+)  # fmt: skip
+
+
+def variant(pixels: np.ndarray, name: str) -> np.ndarray:
+    """``pixels`` (RGB uint8) transformed by ``name``: one of :data:`VARIANTS`' steps, or several joined by ":"."""
+    from PIL import Image, ImageFilter
+
+    from detector.images import load_image
+
+    for step in name.split(":"):
+        height, width = pixels.shape[:2]
+        if step == "mirrored":
+            pixels = pixels[:, ::-1]
+        elif step in ("rot90", "rot270"):
+            pixels = np.rot90(pixels, 1 if step == "rot90" else 3)
+        elif step.startswith("x"):
+            factor = float(step[1:])
+            size = (max(1, round(width * factor)), max(1, round(height * factor)))
+            pixels = np.asarray(Image.fromarray(pixels).resize(size, Image.Resampling.BILINEAR))
+        elif step == "crop":  # centre 60 %
+            top, left = round(height * 0.2), round(width * 0.2)
+            pixels = pixels[top : height - top, left : width - left]
+        elif step in ("left", "right", "top", "bottom"):  # two thirds of the frame
+            pixels = {
+                "left": pixels[:, : width * 2 // 3],
+                "right": pixels[:, width // 3 :],
+                "top": pixels[: height * 2 // 3],
+                "bottom": pixels[height // 3 :],
+            }[step]
+        elif step == "gray":
+            luma = pixels.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+            pixels = np.repeat(np.rint(luma)[..., None], 3, axis=2)
+        elif step in ("dark", "bright", "flat"):
+            values = pixels.astype(np.float32)
+            values = {"dark": values * 0.6, "bright": values * 1.3 + 10, "flat": 0.5 * values + 64}[step]
+            pixels = np.clip(np.rint(values), 0, 255)
+        elif step == "blur":
+            pixels = np.asarray(Image.fromarray(pixels).filter(ImageFilter.GaussianBlur(1.5)))
+        elif step == "jpeg30":
+            buffer = io.BytesIO()
+            Image.fromarray(pixels).save(buffer, "JPEG", quality=30)
+            pixels = load_image(buffer.getvalue())
+        else:
+            raise ValueError(f"unknown variant step {step!r}")
+        pixels = np.ascontiguousarray(pixels, dtype=np.uint8)
+    return pixels
 
 
 def check_images() -> dict[str, np.ndarray]:
-    """Images to judge reduced-precision engines on (more than the photographs alone): every sample photograph,
-    mirrored, rescaled to half and to 1.5 times its size, and centre-cropped to 60 %; the synthetic scenes; the
-    people mosaic. About 50 images, decoded as ``detector.images`` decodes."""
-    from PIL import Image
-
+    """Images to judge reduced-precision engines on: every sample photograph and its :data:`VARIANTS`, the
+    synthetic scenes and the people mosaic (9 × 31 + 4 = 283 images), decoded as ``detector.images`` decodes."""
     from detector.images import load_image
 
     images: dict[str, np.ndarray] = {}
     for name in ALL_PHOTOS:
         pixels = load_image(photo(name))
-        height, width = pixels.shape[:2]
         images[name] = pixels
-        images[f"{name}:mirrored"] = np.ascontiguousarray(pixels[:, ::-1])
-        for factor in (0.5, 1.5):
-            size = (max(1, round(width * factor)), max(1, round(height * factor)))
-            images[f"{name}:x{factor}"] = np.asarray(Image.fromarray(pixels).resize(size, Image.Resampling.BILINEAR))
-        top, left = round(height * 0.2), round(width * 0.2)
-        images[f"{name}:crop"] = np.ascontiguousarray(pixels[top : height - top, left : width - left])
+        for steps in VARIANTS:
+            images[f"{name}:{steps}"] = variant(pixels, steps)
     images.update(synthetic_images())
     images["people_mosaic"] = people_mosaic()
     return images
+
+
+if __name__ == "__main__":
+    for path in all_photos():
+        print(path)

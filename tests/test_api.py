@@ -98,6 +98,7 @@ def test_model_describes_model_and_serving(client: TestClient) -> None:
     assert body["backend"] == "pytorch"
     assert body["serving"] == {
         "backend": "auto",
+        "precision": "fast",
         "max_batch_size": 4,
         "max_wait_ms": 0.0,
         "queue_size": 64,

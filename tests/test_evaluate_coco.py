@@ -127,3 +127,31 @@ def test_matching_by_id_needs_every_id_to_carry_the_model_s_name():
     assert match_categories(labels, [{"id": 3, "name": "person"}]).class_to_category == {1: 3}
     swapped = match_categories(labels, [{"id": 1, "name": "bicycle"}, {"id": 2, "name": "person"}])
     assert swapped.by == "name" and swapped.class_to_category == {1: 2, 2: 1}
+
+
+@pytest.mark.parametrize(("backend", "precision"), [("openvino", "exact"), ("openvino-bf16", "fast")])
+def test_evaluate_measures_the_engine_it_is_asked_for(capsys, images, tmp_path, backend, precision):
+    """``evaluate --backend --precision``: the AP of the engine a user serves, recorded beside the figures."""
+    pytest.importorskip("openvino")
+    from detector.backends.openvino_backend import cpu_supports
+
+    if backend == "openvino-bf16" and not cpu_supports("bf16"):
+        pytest.skip("this CPU has no bf16 kernels")
+    torch_metrics, *_ = _evaluate(capsys, images, ANNOTATIONS, tmp_path / "torch")
+    metrics, _, _, log = _evaluate(
+        capsys, images, ANNOTATIONS, tmp_path / backend, "--backend", backend, "--precision", precision
+    )
+    assert f"engine: {backend}" in log and metrics["engine"] == backend
+    if precision == "exact":  # fp32: the reference's AP to the fourth digit
+        assert metrics["AP"] == pytest.approx(torch_metrics["AP"], abs=1e-4)
+    else:  # reduced precision: close, not equal (README, "Backends and speed")
+        assert metrics["AP"] == pytest.approx(torch_metrics["AP"], abs=0.03)
+
+
+def test_evaluate_refuses_a_reduced_engine_under_exact_precision(capsys, images, tmp_path):
+    argv = ["evaluate", "--images", str(images), "--annotations", str(ANNOTATIONS), "--workers", "0"]
+    assert main([*argv, "--backend", "openvino-bf16", "--precision", "exact", "--no-progress"]) == 1
+    assert "precision exact allows fp32 engines only" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:
+        main([*argv, "--precision", "fp8"])
+    assert exited.value.code == 2 and "invalid choice: 'fp8'" in capsys.readouterr().err

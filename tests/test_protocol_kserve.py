@@ -107,6 +107,8 @@ def test_model_metadata_names_the_tf_od_api_outputs(client: TestClient) -> None:
             {"name": "detection_classes", "datatype": "FP32", "shape": [-1, 100]},
             {"name": "num_detections", "datatype": "FP32", "shape": [-1]},
         ],
+        # Beyond the protocol's schema: the engine, its precision and the accuracy bar's figures it met.
+        "parameters": {"engine": "pytorch", "precision": "fp32"},
     }
     assert client.get("/v2/models/pets").json() == expected
     assert client.get("/v2/models/pets/versions/0").json() == expected

@@ -126,7 +126,8 @@ async def server_metadata() -> kserve.ServerMetadata:
 def _metadata(service: DetectionService, model: str, version: str | None) -> kserve.ModelMetadata:
     name = _model(service, model, version)
     info = service.info(name)
-    return kserve.model_metadata(name, info.version, info.backend)
+    engine = {"engine": info.backend, "precision": info.backend_precision, **info.backend_figures}
+    return kserve.model_metadata(name, info.version, info.backend, engine)
 
 
 @router.get("/models/{model}", summary="Model metadata", responses=error_responses("kserve", 401, 404, 503))

@@ -20,9 +20,10 @@ router = APIRouter(tags=["model"], dependencies=[Depends(require_api_key)])
 
 
 class ServingOut(BaseModel):
-    """How this service runs the model: the backend asked for, batching, limits, threads."""
+    """How this service runs the model: the backend and precision asked for, batching, limits, threads."""
 
     backend: str
+    precision: str
     max_batch_size: int
     max_wait_ms: float
     queue_size: int
@@ -33,14 +34,14 @@ class ServingOut(BaseModel):
     max_images_per_request: int
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class ModelOut(ModelInfo):
     """The model (:class:`detector.results.ModelInfo`) and how the service runs it."""
 
     serving: ServingOut
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class ServedModelOut(ModelOut):
     """A served model: the name it is served under (``id``), whether it is the default, what it is."""
 

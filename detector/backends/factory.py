@@ -8,6 +8,7 @@ torch (the export was made when the backend was first chosen, e.g. by ``make ins
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -71,10 +72,18 @@ def build_backend(
     raise BackendUnavailable(f"unknown backend {name!r}; choose from auto, {', '.join(BACKEND_NAMES)}")
 
 
-def build_from_export(name: str, key: str, *, threads: int | None = None) -> Backend | None:
+def build_from_export(
+    name: str, key: str, *, threads: int | None = None, model_file: str | Path | None = None
+) -> Backend | None:
     """Backend ``name`` on the cached ONNX export ``key`` without the network in memory (so without torch); None
-    where there is no export yet or the backend needs the network (torch, int8)."""
-    path = find_onnx(key) if name in FROM_EXPORT else None
+    where there is no export yet or the backend needs the network (torch). ``model_file``: the engine file measured
+    for it (for int8, the quantized model; used where it still exists)."""
+    if name == "openvino-int8":
+        path = Path(model_file) if model_file else None
+        if path is None or not (path.is_file() and path.with_suffix(".bin").is_file()):
+            return None
+    else:
+        path = find_onnx(key) if name in FROM_EXPORT else None
     if path is None:
         return None
     if name == "onnxruntime":

@@ -31,6 +31,7 @@ class OnnxRuntimeBackend:
         except ImportError:
             raise BackendUnavailable("onnxruntime is not installed: pip install 'ssdlite-detector[fast]'") from None
         self._version = ort.__version__
+        self.path = Path(path)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = threads or available_cpus()

@@ -73,6 +73,7 @@ class OpenVinoBackend:
             needs = "AVX512-BF16 or AMX" if precision == "bf16" else "AVX512-FP16"
             raise BackendUnavailable(f"this CPU has no {precision} kernels ({needs})")
         self.precision = precision
+        self.path = Path(path)
         self.name = "openvino" if precision == "f32" else f"openvino-{precision}"
         self._version = ov.get_version()
         # int8: the operations left in float (the head's outputs, ...) run in fp32, not the bf16 default.

@@ -1,15 +1,19 @@
-"""``auto``: the fastest backend that meets the accuracy bar on this machine, measured once and remembered.
+"""The one door for the engine: which backend runs a weights file here, why, and building it.
 
-Each available backend is built, held to its bar (:mod:`detector.backends.accuracy`) against eager PyTorch and
-timed at batch 8; the fastest that passes wins. Reduced-precision backends need photographs to be judged on
-(``check_images``); without them they are refused, never trusted. INT8 is only tried when the caller opts in
-(``allow_int8``): post-training quantization moves scores and boxes enough that it is a choice to make knowingly,
-and even then it must pass the same bar. The outcome is cached per machine (CPU model and flags, core count, engine
-versions, GPU) and weights in ``<cache dir>/backend-choice.json``, so a restart builds the winner directly instead
-of measuring again — from the weights' cached ONNX export, without torch, where the winner runs it as it is. A
-choice made with photographs serves callers without any (it was checked more strictly); one made without
-photographs is re-measured for a caller that brings some. ``detector backends`` re-measures, prints the table and
-caches the choice.
+:func:`choose` decides; :func:`build` builds what it decided, once. A backend asked for by name is taken as it is
+(after checking it against the precision asked for). ``auto`` takes the fastest engine that meets its bar on this
+machine, measured once (:mod:`detector.backends.measure`) and remembered per machine (CPU model and flags, cores,
+engine versions, GPU) and weights in ``<cache dir>/backend-choice.json``:
+
+- ``precision="fast"`` (the default): any engine whose detections meet :mod:`detector.backends.accuracy`'s bar:
+  fp32 engines, and fp16, bf16 or int8 ones where they pass on the check photographs.
+- ``precision="exact"``: fp32 engines only, whose raw outputs equal eager PyTorch's within 1e-3 — and so TF's and
+  TF.js's within the parity tests' tolerances.
+
+Measuring builds every engine, imports pycocotools and, where the export is missing, torch; it runs in a child
+process (``python -m detector.backends.measure``), so that the caller — the service above all — keeps none of that
+memory and never imports them. The child writes the cache and prints its choice. What is chosen runs from the
+weights' cached exports where it can (ONNX, or the int8 model quantized from it), without torch.
 """
 
 from __future__ import annotations
@@ -17,64 +21,120 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from importlib import metadata
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, get_args
 
-import numpy as np
-
-from detector.backends.accuracy import MATCH_SCORE, compare_detections
-from detector.backends.base import REDUCED_PRECISION, Backend
-from detector.backends.factory import build_backend
-from detector.backends.onnx import RAW_TOLERANCE, check_batch, max_abs_diff
+from detector.backends.base import Backend, BackendChoice
+from detector.backends.factory import build_backend, build_from_export
+from detector.backends.onnx import weights_key
 from detector.cache import cache_dir, write_atomic
-from detector.errors import BackendUnavailable
+from detector.errors import BackendUnavailable, DetectorError
 from detector.machine import cpu_description
-from detector.postprocess import detections_in_pixels
-from detector.preprocess import preprocess
-from detector.results import ImageDetections
-from detector.spec import ModelSpec
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from detector.model import SSDLite
+    from detector.spec import ModelSpec
 
 log = logging.getLogger("detector.backends")
 
-TIMING_BATCH = 8
+PrecisionMode = Literal["fast", "exact"]
+PRECISION_MODES: tuple[PrecisionMode, ...] = get_args(PrecisionMode)
 CACHE_FILE = "backend-choice.json"
+# The numeric precision each backend computes in; "exact" allows the fp32 ones only.
+ENGINE_PRECISION: dict[str, str] = {
+    "torch": "fp32",
+    "torch-fp16": "fp16",
+    "onnxruntime": "fp32",
+    "openvino": "fp32",
+    "openvino-fp16": "fp16",
+    "openvino-bf16": "bf16",
+    "openvino-int8": "int8",
+}
+REFERENCE_REASON = "eager PyTorch fp32, the reference"
+
+
+def check_precision_mode(value: str) -> PrecisionMode:
+    """``value`` if it is a precision mode, else a :class:`DetectorError` naming the accepted ones."""
+    if value not in PRECISION_MODES:
+        raise DetectorError(f"unknown precision {value!r}; choose from {', '.join(PRECISION_MODES)}")
+    return value
 
 
 @dataclass(frozen=True)
 class Candidate:
-    """One backend's outcome: speed (ms/image at batch 8), accuracy figures, and whether ``auto`` may pick it."""
+    """One engine's row of the table ``auto`` chooses from.
+
+    ``ms_per_image``: at batch 8 (what ``auto`` ranks by), ``ms_batch1``: a lone image; ``accuracy``: one line
+    about the bar; ``agreement_ap`` and ``lost``: the bar's figures (reduced precision); ``annotated_ap``: COCO AP
+    on the hand-annotated sample photographs, where they were at hand; ``model_file``: the engine file it runs.
+    """
 
     name: str
+    precision: str
     ms_per_image: float | None
     accuracy: str
     eligible: bool
+    ms_batch1: float | None = None
+    agreement_ap: float | None = None
+    lost: int | None = None
+    annotated_ap: float | None = None
+    model_file: str | None = None
 
 
 @dataclass(frozen=True)
 class Choice:
-    """The chosen backend, why, and the whole table it was chosen from."""
+    """The engine to run, its precision, why, and (for ``auto``) the table it was chosen from."""
 
     name: str
     reason: str
-    candidates: tuple[Candidate, ...]
+    precision: str = "fp32"
+    candidates: tuple[Candidate, ...] = field(default=())
+    model_file: str | None = None
+
+    @property
+    def chosen(self) -> Candidate | None:
+        """This engine's row of the table, if it was measured."""
+        return next((c for c in self.candidates if c.name == self.name), None)
+
+    def figures(self) -> dict[str, float | int | None]:
+        """The bar's figures the chosen engine met (empty when it was not measured)."""
+        row = self.chosen
+        if row is None:
+            return {}
+        return {
+            "ms_per_image_batch8": row.ms_per_image,
+            "agreement_ap": row.agreement_ap,
+            "confident_lost": row.lost,
+            "annotated_ap": row.annotated_ap,
+        }
 
 
-def _is_cuda(device: str) -> bool:
-    return str(device).startswith("cuda")
-
-
-def candidate_names(device: str = "cpu", *, allow_int8: bool = False) -> list[str]:
-    """The backends worth trying on ``device``: the CUDA ones on a GPU, the CPU engines otherwise."""
-    if _is_cuda(device):
-        return ["torch", "torch-fp16"]
-    engines = ["torch", "onnxruntime", "openvino", "openvino-fp16", "openvino-bf16"]
-    return [*engines, *(["openvino-int8"] if allow_int8 else [])]
+def rank(table: tuple[Candidate, ...] | list[Candidate], precision: PrecisionMode) -> Choice:
+    """``auto``'s choice from a measured table: the fastest eligible engine (fp32 only for "exact"); eager
+    PyTorch where none is."""
+    allowed = [
+        c for c in table if c.eligible and c.ms_per_image is not None and (precision == "fast" or c.precision == "fp32")
+    ]
+    if not allowed:
+        return Choice("torch", f"no engine met the bar; {REFERENCE_REASON}", "fp32", tuple(table))
+    best = min(allowed, key=lambda c: c.ms_per_image or 0.0)
+    others = "; ".join(
+        f"{c.name} {c.ms_per_image:.1f} ms"
+        if c.eligible and c.ms_per_image is not None
+        else f"{c.name} refused ({c.accuracy})"
+        for c in table
+        if c is not best
+    )
+    scope = "meeting the accuracy bar" if precision == "fast" else "in fp32 (precision exact)"
+    reason = f"fastest engine {scope}: {best.ms_per_image:.1f} ms/image at batch 8 ({best.accuracy}); {others}"
+    return Choice(best.name, reason, best.precision, tuple(table), best.model_file)
 
 
 def _version(package: str) -> str:
@@ -82,6 +142,10 @@ def _version(package: str) -> str:
         return metadata.version(package)
     except metadata.PackageNotFoundError:
         return "absent"
+
+
+def _is_cuda(device: str) -> bool:
+    return str(device).startswith("cuda")
 
 
 def machine_fingerprint(device: str = "cpu") -> dict[str, str]:
@@ -92,6 +156,7 @@ def machine_fingerprint(device: str = "cpu") -> dict[str, str]:
         "torch": _version("torch"),
         "onnxruntime": _version("onnxruntime"),
         "openvino": _version("openvino"),
+        "nncf": _version("nncf"),
     }
     if _is_cuda(device):
         import torch
@@ -101,193 +166,116 @@ def machine_fingerprint(device: str = "cpu") -> dict[str, str]:
     return fingerprint
 
 
-def _time_per_image(backend: Backend, batch: np.ndarray, repeats: int = 3) -> float:
-    backend(batch)  # warm-up: first-call allocations, lazy compilation
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        backend(batch)
-        best = min(best, time.perf_counter() - start)
-    return best * 1000 / batch.shape[0]
-
-
-def _reference(network: SSDLite, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    import torch
-
-    device = next(network.parameters()).device
-    with torch.inference_mode():
-        codes, logits = network(torch.from_numpy(batch).to(device))
-    return codes.float().cpu().numpy(), logits.float().cpu().numpy()
-
-
-def _detections(
-    outputs: tuple[np.ndarray, np.ndarray], network: SSDLite, spec: ModelSpec, sizes: list[tuple[int, int]]
-) -> list[ImageDetections]:
-    anchors = network.anchors.cpu().numpy()
-    return detections_in_pixels(*outputs, anchors, spec.postprocessing, spec.labels, sizes, score_threshold=MATCH_SCORE)
-
-
-def measure_backends(
-    network: SSDLite,
-    spec: ModelSpec,
-    check_images: Sequence[np.ndarray] = (),
-    names: Sequence[str] | None = None,
-    *,
-    device: str = "cpu",
-    key: str | None = None,
-    threads: int | None = None,
-    allow_int8: bool = False,
-) -> tuple[list[Candidate], dict[str, Backend]]:
-    """Build, check and time each backend in ``names`` (default: :func:`candidate_names`) for ``network`` (the
-    eval-mode, batch-norm-folded network on ``device``), against that network in eager PyTorch fp32.
-
-    Photographs are judged in batches of 8 (the reference and the candidate alike). Returns the table and the
-    backends built.
-    """
-    names = list(names or candidate_names(device, allow_int8=allow_int8))
-    probe = check_batch(spec.image_size)
-    reference_raw = _reference(network, probe)
-    pre = spec.preprocessing
-    batches = [
-        preprocess(check_images[i : i + TIMING_BATCH], spec.image_size, pre.pixel_scale, pre.pixel_offset, exact=True)
-        for i in range(0, len(check_images), TIMING_BATCH)
-    ]
-    sizes = [(image.shape[0], image.shape[1]) for image in check_images]
-
-    def detections(run: Backend | None) -> list[ImageDetections]:
-        outputs = [_reference(network, batch) if run is None else run(batch) for batch in batches]
-        codes = np.concatenate([o[0] for o in outputs])
-        logits = np.concatenate([o[1] for o in outputs])
-        return _detections((codes, logits), network, spec, sizes)
-
-    reference_detections = detections(None) if batches else None
-    timing = np.repeat(probe, (TIMING_BATCH + 1) // 2, axis=0)[:TIMING_BATCH]
-    table, built = [], {}
-    for name in names:
-        try:
-            backend = build_backend(name, network, device=device, calibration=batches, key=key, threads=threads)
-        except BackendUnavailable as exc:
-            table.append(Candidate(name, None, f"unavailable: {exc}", False))
-            continue
-        if name in REDUCED_PRECISION:
-            if reference_detections is None:
-                table.append(Candidate(name, _time_per_image(backend, timing), "not checked: no photographs", False))
-                continue
-            agreement = compare_detections(reference_detections, detections(backend))
-            accuracy = f"{agreement.summary()} on {len(check_images)} images"
-            eligible = agreement.passed
-        else:
-            diff = max_abs_diff(reference_raw, backend(probe))
-            accuracy, eligible = f"raw max abs diff {diff:.1e}", diff <= RAW_TOLERANCE
-        table.append(Candidate(name, _time_per_image(backend, timing), accuracy, eligible))
-        built[name] = backend
-    return table, built
-
-
-def _speed(candidate: Candidate) -> float:
-    return candidate.ms_per_image if candidate.ms_per_image is not None else float("inf")
-
-
-def _choose(table: Sequence[Candidate]) -> Choice:
-    eligible = sorted((c for c in table if c.eligible and c.ms_per_image is not None), key=_speed)
-    if not eligible:
-        return Choice("torch", "no backend met the accuracy bar; eager PyTorch is the reference", tuple(table))
-    best = eligible[0]
-    others = "; ".join(
-        f"{c.name} {c.ms_per_image:.1f} ms" if c.eligible else f"{c.name} refused ({c.accuracy})"
-        for c in table
-        if c is not best
-    )
-    reason = (
-        f"fastest of the backends meeting the accuracy bar: {best.ms_per_image:.1f} ms/image at batch "
-        f"{TIMING_BATCH} ({best.accuracy}); {others}"
-    )
-    return Choice(best.name, reason, tuple(table))
-
-
-def _cache_key(spec: ModelSpec, digest: str, device: str, allow_int8: bool) -> str:
+def _cache_key(spec: ModelSpec, digest: str, device: str) -> str:
     key = hashlib.sha256(json.dumps(machine_fingerprint(device), sort_keys=True).encode())
     key.update(digest.encode() or spec.to_json().encode())
-    if allow_int8:  # a choice among more candidates is another choice
-        key.update(b"int8")
     return key.hexdigest()[:24]
 
 
-def cached_choice(
-    spec: ModelSpec, digest: str, *, device: str = "cpu", with_photographs: bool = False, allow_int8: bool = False
-) -> Choice | None:
-    """The choice measured earlier on this machine for these weights, if any (one measured without photographs
-    does not count for a caller that brings some: it was judged less strictly)."""
+def cached_table(spec: ModelSpec, digest: str, *, device: str = "cpu") -> tuple[Candidate, ...] | None:
+    """The table measured earlier on this machine for these weights, if any."""
     try:
-        entry = json.loads((cache_dir() / CACHE_FILE).read_text()).get(_cache_key(spec, digest, device, allow_int8))
-    except (OSError, ValueError):
-        return None
-    if not entry or (with_photographs and not entry.get("photographs", 0)):
-        return None
-    return Choice(entry["name"], entry["reason"], tuple(Candidate(**c) for c in entry["candidates"]))
+        entry = json.loads((cache_dir() / CACHE_FILE).read_text()).get(_cache_key(spec, digest, device))
+        return tuple(Candidate(**row) for row in entry["candidates"]) if entry else None
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return None  # absent, or written by another version: measured again
 
 
-def select_backend(
-    network: SSDLite,
-    spec: ModelSpec,
-    check_images: Sequence[np.ndarray] = (),
-    *,
-    digest: str = "",
-    device: str = "cpu",
-    threads: int | None = None,
-    allow_int8: bool = False,
-    use_cache: bool = True,
-) -> tuple[Backend, Choice]:
-    """The backend ``auto`` picks for ``network`` here, built, and the choice (from the cache when it holds one).
-
-    Args:
-        network: the eval-mode, batch-norm-folded network on ``device``.
-        spec: its spec (input size, preprocessing, postprocessing, labels).
-        check_images: RGB uint8 photographs to judge reduced-precision backends on (and calibrate int8).
-        digest: the weights file's SHA-256, part of the cache key (the spec's JSON stands in without one) and the
-            name of its exports.
-        threads: CPU threads of the engine (default: the CPUs this process may use).
-        allow_int8: also consider ``openvino-int8`` (opt-in; it must still meet the bar).
-    """
-    key = digest[:16] or None
-    pre = spec.preprocessing
-    choice = (
-        cached_choice(spec, digest, device=device, with_photographs=bool(check_images), allow_int8=allow_int8)
-        if use_cache
-        else None
-    )
-    if choice is not None:
-        calibration = (
-            [preprocess(check_images, spec.image_size, pre.pixel_scale, pre.pixel_offset, exact=True)]
-            if check_images
-            else []
-        )
-        try:
-            backend = build_backend(
-                choice.name, network, device=device, calibration=calibration, key=key, threads=threads
-            )
-            log.info("backend %s (measured earlier on this machine): %s", choice.name, choice.reason)
-            return backend, choice
-        except BackendUnavailable:
-            pass
-    table, built = measure_backends(
-        network, spec, check_images, device=device, key=key, threads=threads, allow_int8=allow_int8
-    )
-    choice = _choose(table)
-    backend = built.get(choice.name) or build_backend("torch", network, device=device, threads=threads)
-    log.info("backend %s: %s", choice.name, choice.reason)
+def remember(table: list[Candidate] | tuple[Candidate, ...], spec: ModelSpec, digest: str, *, device: str) -> None:
+    """Cache ``table`` for these weights on this machine (a warning where the cache is not writable)."""
     cache = cache_dir() / CACHE_FILE
     try:
         entries = json.loads(cache.read_text()) if cache.is_file() else {}
+        if not isinstance(entries, dict):
+            entries = {}
     except (OSError, ValueError):
         entries = {}
-    entries[_cache_key(spec, digest, device, allow_int8)] = {
-        **asdict(choice),
-        "candidates": [asdict(c) for c in table],
-        "photographs": len(check_images),
-    }
+    entries[_cache_key(spec, digest, device)] = {"candidates": [asdict(c) for c in table]}
     try:
         write_atomic(cache, json.dumps(entries, indent=2))
     except OSError as exc:
         log.warning("cannot cache the backend choice in %s: %s", cache, exc)
-    return backend, choice
+
+
+def choose(
+    weights: Path,
+    spec: ModelSpec,
+    digest: str,
+    *,
+    backend: BackendChoice | str = "auto",
+    precision: PrecisionMode | str = "fast",
+    device: str = "cpu",
+    threads: int | None = None,
+) -> Choice:
+    """Which engine runs ``weights`` here: by name, or ``auto``'s choice (cached, else measured in a child).
+
+    Raises:
+        DetectorError: an unknown precision, or a named backend that computes in another precision than asked.
+    """
+    mode = check_precision_mode(str(precision))
+    if backend != "auto":
+        if backend not in ENGINE_PRECISION:
+            raise BackendUnavailable(f"unknown backend {backend!r}; choose from auto, {', '.join(ENGINE_PRECISION)}")
+        numeric = ENGINE_PRECISION[str(backend)]
+        if mode == "exact" and numeric != "fp32":
+            raise DetectorError(f"backend {backend} computes in {numeric}; precision exact allows fp32 engines only")
+        reason = REFERENCE_REASON if backend == "torch" else "asked for by name"
+        # An int8 model quantized when auto measured here is reused rather than quantized again.
+        measured = next((c for c in cached_table(spec, digest, device=device) or () if c.name == backend), None)
+        return Choice(str(backend), reason, numeric, model_file=measured.model_file if measured else None)
+    table = cached_table(spec, digest, device=device)
+    if table is None:
+        table = _measure_in_child(weights, device, threads)
+        if table is None:
+            return Choice("torch", f"measuring the engines failed (see the log); {REFERENCE_REASON}", "fp32")
+        learned = "measured now"
+    else:
+        learned = "measured earlier on this machine"
+    choice = rank(table, mode)
+    return Choice(choice.name, f"auto ({learned}): {choice.reason}", choice.precision, table, choice.model_file)
+
+
+def _measure_in_child(
+    weights: Path, device: str, threads: int | None, timeout_s: float = 1800.0
+) -> tuple[Candidate, ...] | None:
+    """Run ``python -m detector.backends.measure`` on ``weights``: it measures, caches and prints the table."""
+    command = [sys.executable, "-m", "detector.backends.measure", str(weights), "--device", str(device), "--json"]
+    if threads:
+        command += ["--threads", str(threads)]
+    log.info("measuring the engines for %s on this machine (once; about a minute)", weights.name)
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, check=False)
+        if done.returncode == 0:
+            rows = json.loads(done.stdout.strip().splitlines()[-1])
+            return tuple(Candidate(**row) for row in rows)
+        log.warning("measuring the engines failed: %s", done.stderr.strip()[-800:])
+    except (OSError, subprocess.TimeoutExpired, ValueError, IndexError, TypeError) as exc:
+        log.warning("measuring the engines failed: %s", exc)
+    return None
+
+
+def build(
+    choice: Choice,
+    digest: str,
+    *,
+    device: str = "cpu",
+    threads: int | None = None,
+    calibration: list[np.ndarray] | None = None,
+    load_network: Callable[[], SSDLite],
+) -> tuple[Backend, SSDLite | None]:
+    """Build ``choice``'s engine: from the cached export where it runs one (no torch; the network stays None),
+    else from the network (``load_network()``: eval mode, batch norm folded, on ``device``). ``calibration``:
+    preprocessed batches for an int8 engine asked for by name.
+
+    Raises:
+        BackendUnavailable: the engine cannot run here.
+    """
+    if not _is_cuda(device):
+        engine = build_from_export(choice.name, weights_key(digest), threads=threads, model_file=choice.model_file)
+        if engine is not None:
+            return engine, None
+    network = load_network()
+    engine = build_backend(
+        choice.name, network, device=device, calibration=calibration or [], key=weights_key(digest), threads=threads
+    )
+    return engine, network

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from detector import defaults
 from detector.backends.base import BACKEND_NAMES
+from detector.backends.selection import PRECISION_MODES
 
 EXIT_OK: Literal[0] = 0
 EXIT_FAILED: Literal[1] = 1  # a user error: a bad file, bad weights, a failed image
@@ -74,10 +75,22 @@ def add_weights_option(parser: argparse.ArgumentParser, help_suffix: str = "") -
 
 
 def add_backend_option(parser: argparse.ArgumentParser, default: str) -> None:
-    """``--backend``: the engine running the network."""
+    """``--backend``: the engine running the network, and ``--precision``: what ``auto`` may trade for speed."""
     parser.add_argument(
         "--backend",
         choices=("auto", *BACKEND_NAMES),
         default=default,
         help="engine running the network; auto: the fastest that meets the accuracy bar here (default: %(default)s)",
+    )
+    add_precision_option(parser)
+
+
+def add_precision_option(parser: argparse.ArgumentParser) -> None:
+    """``--precision fast|exact``."""
+    parser.add_argument(
+        "--precision",
+        choices=PRECISION_MODES,
+        default="fast",
+        help="fast: auto may run bf16/fp16/int8 engines that meet the accuracy bar; exact: fp32 engines only, "
+        "equal to TF / TF.js (default: %(default)s)",
     )

@@ -358,7 +358,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         # Rank 0 installs a missing built-in model, lists the inputs and prepares the output; the others follow.
         weights = broadcast_from_main(installed_weights(args.weights) if world.is_main else None, world)
-        detector = Detector.from_weights(weights, backend=args.backend)
+        detector = Detector.from_weights(weights, backend=args.backend, precision=args.precision)
         if world.is_main and args.format == "coco":
             _check_coco(args, detector)
         plan: Plan = broadcast_from_main(_plan(args, detector) if world.is_main else None, world)

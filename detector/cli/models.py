@@ -12,8 +12,17 @@ from typing import TYPE_CHECKING, Any
 
 from detector import defaults
 from detector.builtin import BUILTIN_MODELS, builtin_path
-from detector.cli.common import EXIT_FAILED, EXIT_OK, add_weights_option, error, log, positive_int
+from detector.cli.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    add_precision_option,
+    add_weights_option,
+    error,
+    log,
+    positive_int,
+)
 from detector.errors import DetectorError
+from detector.machine import describe_cpu_line
 
 if TYPE_CHECKING:
     from detector.cli.common import Subparsers
@@ -82,18 +91,17 @@ def add_commands(subparsers: Subparsers) -> None:
 
     parser = subparsers.add_parser(
         "backends",
-        help="measure every backend here (accuracy, speed) and remember the one auto picks",
-        description="Check each backend against eager PyTorch and time it at batch 8; reduced-precision backends "
-        "are judged on photographs (default: the sample photographs and their mirrored, rescaled and cropped "
-        "variants, and synthetic scenes). The choice is cached for --backend auto.",
+        help="measure every engine here (speed, the accuracy bar) and remember the one auto picks",
+        description="Time each engine at batch 1 and 8 and hold it to its bar: fp32 engines to the reference's raw "
+        "outputs (within 1e-3), reduced precision (fp16, bf16, int8) to its detections on the check photographs "
+        "(agreement AP with fp32 >= 0.98 and no fp32 detection >= 0.5 lost; default photographs: the samples and "
+        "their variants). The table is cached for --backend auto, which takes the fastest engine that passes "
+        "(--precision exact: the fastest fp32 one).",
     )
-    parser.add_argument("check_images", nargs="*", metavar="PHOTO", help="photographs for the reduced-precision bar")
+    parser.add_argument("check_images", nargs="*", metavar="PHOTO", help="photographs to judge reduced precision on")
     add_weights_option(parser)
-    parser.add_argument(
-        "--allow-int8",
-        action="store_true",
-        help="also consider openvino-int8 (NNCF post-training quantization; it must still meet the bar)",
-    )
+    add_precision_option(parser)
+    parser.add_argument("--json", action="store_true", help="print the table as JSON")
     parser.set_defaults(run=run_backends)
 
 
@@ -234,29 +242,38 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_backends(args: argparse.Namespace) -> int:
-    from detector.backends.selection import select_backend
+    from detector.backends.measure import measure, workbench
+    from detector.backends.selection import rank, remember
+    from detector.cache import file_digest
     from detector.images import load_image
-    from detector.inference import Detector
 
-    if args.check_images:
-        photos = [load_image(path) for path in args.check_images]
-    else:
-        from detector.samples import check_images
+    weights = installed_weights(args.weights)
+    photos = {str(path): load_image(path) for path in args.check_images} if args.check_images else None
+    bench = workbench(weights, images=photos)
+    names = None if args.precision == "fast" else ["onnxruntime", "openvino"]
+    table = measure(bench, names, annotated=True)
+    remember(table, bench.spec, file_digest(weights), device="cpu")
+    choice = rank(table, args.precision)
+    if args.json:
+        print(json.dumps({"auto": choice.name, "candidates": [dataclasses.asdict(row) for row in table]}, indent=2))
+        return EXIT_OK
 
-        photos = list(check_images().values())
-    detector = Detector.from_weights(installed_weights(args.weights))
-    _, choice = select_backend(
-        detector.model,
-        detector.spec,
-        photos,
-        digest=detector.digest,
-        device=detector.device,
-        allow_int8=args.allow_int8,
-        use_cache=False,
+    def figure(value: float | None, spec: str) -> str:
+        width = int(spec.split(".")[0].rstrip("df"))
+        return "-".rjust(width) if value is None else format(value, spec)
+
+    print(f"{bench.spec.name}: {len(bench.images)} check images; {describe_cpu_line()}")
+    print(
+        f"  {'engine':14} {'precision':9} {'b1 ms':>7} {'b8 ms':>7}  {'bar':4} {'agree AP':>8} {'lost':>4} "
+        f"{'AP annotated':>12}"
     )
-    for candidate in choice.candidates:
-        speed = f"{candidate.ms_per_image:7.1f} ms/image" if candidate.ms_per_image is not None else "      -        "
-        mark = "*" if candidate.name == choice.name else " "
-        print(f"{mark} {candidate.name:14} {speed}  {'ok ' if candidate.eligible else 'no '} {candidate.accuracy}")
-    print(f"auto: {choice.name}")
+    for row in table:
+        mark = "*" if row.name == choice.name else " "
+        print(
+            f"{mark} {row.name:14} {row.precision:9} "
+            f"{figure(row.ms_batch1, '7.2f')} {figure(row.ms_per_image, '7.2f')}  "
+            f"{'ok ' if row.eligible else 'no '}  {figure(row.agreement_ap, '8.4f')} {figure(row.lost, '4d')} "
+            f"{figure(row.annotated_ap, '12.4f')}  {row.accuracy}"
+        )
+    print(f"auto (precision {args.precision}): {choice.name}")
     return EXIT_OK

@@ -13,7 +13,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from detector import defaults
-from detector.cli.common import EXIT_OK, add_weights_option, log, non_negative_int, positive_float, positive_int, score
+from detector.cli.common import (
+    EXIT_OK,
+    add_backend_option,
+    add_weights_option,
+    log,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    score,
+)
 from detector.cli.models import installed_weights
 from detector.errors import DetectorError
 
@@ -65,6 +74,7 @@ def _add_evaluate(subparsers: Subparsers) -> None:
         help="image-reading processes (default: %(default)s)",
     )
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: %(default)s)")
+    add_backend_option(parser, default="torch")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(run=_run_evaluate)
 
@@ -81,7 +91,10 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         # Rank 0 installs a missing built-in model; the others wait for its path.
         weights = installed_weights(args.weights) if world.is_main else None
         device = str(local_device(args.device, world))
-        detector = Detector.from_weights(broadcast_from_main(weights, world), device=device)
+        detector = Detector.from_weights(
+            broadcast_from_main(weights, world), device=device, backend=args.backend, precision=args.precision
+        )
+        say(f"engine: {detector.backend.name} ({detector.choice.precision}); {detector.backend_reason[:160]}")
         aliases = read_category_map(args.category_map) if args.category_map else None
         dataset = load_dataset(args.images, args.annotations, for_training=False, log=say)
         result = evaluate(
@@ -108,6 +121,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
                 "annotations": str(args.annotations),
                 "score_threshold": args.score_threshold,
                 "processes": world.size,
+                "engine": detector.backend.name,
+                "precision": detector.choice.precision,
             }
             paths = write_results(result, args.out, extra)
             say("wrote " + ", ".join(str(p) for p in paths))
