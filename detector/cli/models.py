@@ -153,6 +153,7 @@ def run_info(args: argparse.Namespace) -> int:
         "weights_sha256": digest,
         "source": spec.source,
         "license": spec.license,
+        "engine": _engine_here(spec, digest),
         "builtin_models": {
             name: {"detects": model.detects, "installed": builtin_path(name).is_file(), "license": model.license}
             for name, model in BUILTIN_MODELS.items()
@@ -173,11 +174,30 @@ def run_info(args: argparse.Namespace) -> int:
     print(f"  sha256         {digest or '-'}")
     print(f"  source         {spec.source}")
     print(f"  license        {spec.license}")
+    for mode, engine in (info["engine"] or {}).items():
+        figures = ", ".join(f"{k} {v:.4g}" for k, v in engine["figures"].items() if v is not None)
+        print(f"  auto, {mode:6}   {engine['name']} ({engine['precision']}; {figures})")
+    if digest and not info["engine"]:
+        print("  auto           not measured on this machine yet: detector backends --weights ...")
     print("built-in models (--weights NAME):")
     for name, builtin in BUILTIN_MODELS.items():
         state = "installed" if builtin_path(name).is_file() else "not installed: detector install-models " + name
         print(f"  {name:14} {builtin.detects} ({builtin.license}; {state})")
     return EXIT_OK
+
+
+def _engine_here(spec: ModelSpec, digest: str | None) -> dict[str, Any] | None:
+    """What ``--backend auto`` runs here under each precision, from the measured table (None: not measured)."""
+    from detector.backends.selection import PRECISION_MODES, cached_table, rank
+
+    table = cached_table(spec, digest) if digest else None
+    if table is None:
+        return None
+    chosen = {mode: rank(table, mode) for mode in PRECISION_MODES}
+    return {
+        mode: {"name": choice.name, "precision": choice.precision, "figures": choice.figures()}
+        for mode, choice in chosen.items()
+    }
 
 
 def run_install_models(args: argparse.Namespace) -> int:
