@@ -94,9 +94,9 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         detector = Detector.from_weights(
             broadcast_from_main(weights, world), device=device, backend=args.backend, precision=args.precision
         )
-        say(f"engine: {detector.backend.name} ({detector.choice.precision}); {detector.backend_reason[:160]}")
         aliases = read_category_map(args.category_map) if args.category_map else None
         dataset = load_dataset(args.images, args.annotations, for_training=False, log=say)
+        say(f"engine: {detector.backend.name} ({detector.choice.precision}); {detector.backend_reason[:160]}")
         result = evaluate(
             detector,
             dataset,
