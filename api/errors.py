@@ -87,6 +87,18 @@ class QueueFull(ApiError):
     status, code, retry_after = 503, "queue_full", RETRY_AFTER_S
 
 
+class OverMemoryBudget(ApiError):
+    """A request's images hold more pixels together than the service may ever hold decoded at once (``api.memory``)."""
+
+    status, code = 413, "over_memory_budget"
+
+
+class MemoryBusy(ApiError):
+    """The memory for decoded pixels stayed taken until the request's deadline (or too many requests wait for it)."""
+
+    status, code, retry_after = 503, "memory_busy", RETRY_AFTER_S
+
+
 class QueueTimeout(ApiError):
     """The request's deadline passed before the model started on it (it did no work)."""
 
@@ -160,6 +172,11 @@ def error_response(
     )
 
 
+def from_detector_error(exc: DetectorError) -> ApiError:
+    """The detector's own error as ours: ``InvalidImage`` for an image it cannot read, else ``InvalidRequest``."""
+    return InvalidImage(str(exc)) if isinstance(exc, ImageError) else InvalidRequest(str(exc))
+
+
 def api_error_response(exc: ApiError, style: ErrorStyle = "detector") -> JSONResponse:
     """The response for one of our errors, in the protocol ``style``."""
     return error_response(exc.status, exc.code, exc.message, exc.retry_after, dict(exc.headers), style)
@@ -184,13 +201,9 @@ def install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
         return respond(request, exc)
 
-    @app.exception_handler(ImageError)
-    async def _image_error(request: Request, exc: ImageError) -> JSONResponse:
-        return respond(request, InvalidImage(str(exc)))
-
-    @app.exception_handler(DetectorError)
+    @app.exception_handler(DetectorError)  # ImageError too: handlers are looked up along the exception's MRO
     async def _detector_error(request: Request, exc: DetectorError) -> JSONResponse:
-        return respond(request, InvalidRequest(str(exc)))
+        return respond(request, from_detector_error(exc))
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -242,11 +255,11 @@ _STATUS_DESCRIPTIONS = {
     400: "bad request: an invalid image, parameter or tensor",
     401: "a valid API key is required (only when DETECTOR_API_KEYS is set)",
     404: "no such model (or path)",
-    413: "too large: the body, an image's pixel count, or the number of images",
+    413: "too large: the body, an image's pixel count, the number of images, or their pixels for the memory",
     415: "unsupported media type",
     422: "invalid image or request",
     500: "internal error",
-    503: "not ready, draining, or the queue is full or timed out: retry (see Retry-After)",
+    503: "not ready, draining, the queue is full or timed out, or the memory is busy: retry (see Retry-After)",
     504: "the model did not finish before the request's deadline",
 }
 

@@ -1,4 +1,6 @@
-"""The KServe v2 (Open Inference Protocol) tensors of a detection model, read from and written to HTTP bodies.
+"""The KServe v2 (Open Inference Protocol) side of the service, shared by its HTTP routes (``api.routes.kserve``) and
+its gRPC endpoint (``api.grpc_server``): the tensors of a detection model, read from and written to HTTP bodies, and
+the protocol's operations on the service (model lookup with Triton's wording, readiness, metadata, inference).
 
 The model has one input and the TF Object Detection API's four outputs::
 
@@ -25,12 +27,17 @@ without their own setting the request parameter ``binary_data_output`` (``triton
 named). A raw binary request gets binary outputs, as the extension specifies. Request parameters ``score_threshold``
 (0–1, default 0.5) and ``max_detections`` (1–100) set what the detector keeps; other parameters are ignored, as
 Triton passes unknown ones to its backends.
+
+Over gRPC the same request arrives as a protobuf message; ``api.grpc_server`` turns it into the fields of
+:class:`InferenceRequest` (validated here, with the same messages) and the image elements, then shares
+:func:`inference` and :func:`output_tensors` with the HTTP side.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import importlib.metadata
 import json
 import math
 import struct
@@ -41,10 +48,14 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from api.errors import InvalidRequest, TooManyImages
+from api.errors import Draining, InvalidRequest, NotReady, TooManyImages, UnknownModel
+from api.service import DetectionService, DetectParams
+from api.uploads import Upload
 from detector import defaults
 from detector.results import ImageDetections
 
+SERVER_NAME = "ssdlite-detector"
+EXTENSIONS = ["binary_tensor_data"]
 INPUT = "image"
 BOXES, SCORES, CLASSES, COUNT = "detection_boxes", "detection_scores", "detection_classes", "num_detections"
 OUTPUTS = (BOXES, SCORES, CLASSES, COUNT)
@@ -53,6 +64,10 @@ ROWS = defaults.MAX_DETECTIONS
 HEADER_LENGTH = "Inference-Header-Content-Length"
 BINARY_MEDIA_TYPE = "application/octet-stream"
 _LENGTH = struct.Struct("<I")
+# Base64 is decoded this many characters at a time: binascii holds the GIL through a call (6 ms a MiB on an EPYC), so
+# a 16 MiB element in one call would stall the event loop's thread for 100 ms even from a worker thread; between
+# pieces, the loop gets the GIL back.
+BASE64_PIECE = 1 << 20
 
 Parameter = str | int | float | bool
 
@@ -187,8 +202,9 @@ def _header_length(value: str | None, body_length: int) -> int | None:
     return length
 
 
-def _elements(raw: bytes) -> list[bytes]:
-    """BYTES tensor data: each element a 4-byte little-endian length, then its bytes."""
+def bytes_elements(raw: bytes) -> list[bytes]:
+    """A BYTES tensor's elements from its serialized data, as the binary extension and gRPC's ``raw_input_contents``
+    carry it: each element a 4-byte little-endian length, then its bytes. ``InvalidRequest`` if malformed."""
     elements, position = [], 0
     while position < len(raw):
         if position + _LENGTH.size > len(raw):
@@ -202,11 +218,24 @@ def _elements(raw: bytes) -> list[bytes]:
     return elements
 
 
+def b64decode(text: str, piece: int = BASE64_PIECE) -> bytes:
+    """``base64.b64decode(text, validate=True)`` in pieces of ``piece`` characters (a multiple of 4) up to the first
+    padding: the same bytes, and an error (``binascii.Error``, ``ValueError``) for the same texts."""
+    padding = text.find("=")
+    end = len(text) if padding < 0 else padding
+    # Whole quads before any padding decode alone as within the text; the rest starts with data, never with "="
+    # (which binascii reads differently at the start of a text).
+    split = (end - 1) // piece * piece if end > 0 else 0
+    parts = [base64.b64decode(text[start : start + piece], validate=True) for start in range(0, split, piece)]
+    parts.append(base64.b64decode(text[split:], validate=True))
+    return b"".join(parts)
+
+
 def _base64_elements(data: list[str]) -> list[bytes]:
     elements = []
     for item in data:
         try:
-            elements.append(base64.b64decode(item, validate=True))
+            elements.append(b64decode(item))
         except (binascii.Error, ValueError):
             raise InvalidRequest("a BYTES element is not valid base64 (images in JSON are base64-encoded)") from None
     return elements
@@ -234,6 +263,27 @@ def _detection_options(parameters: dict[str, Parameter]) -> tuple[float, int | N
     return float(threshold), cap
 
 
+def validate_request(fields: bytes | dict[str, Any], *, max_images: int) -> InferenceRequest:
+    """The request's JSON (or, from gRPC, its fields) as an :class:`InferenceRequest`, before its tensor data is read.
+
+    Raises ``InvalidRequest`` (400 in KServe's terms) for anything malformed, ``TooManyImages`` (413) when its shape
+    asks for more than ``max_images``.
+    """
+    try:
+        if isinstance(fields, bytes):
+            request = InferenceRequest.model_validate_json(fields)
+        else:
+            request = InferenceRequest.model_validate(fields)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first.get("loc", ()))
+        raise InvalidRequest(f"invalid inference request: {where + ': ' if where else ''}{first['msg']}") from None
+    count = request.inputs[0].shape[0]
+    if count > max_images:
+        raise TooManyImages(f"{count} images; at most {max_images} per request")
+    return request
+
+
 def parse_request(body: bytes, header_length: str | None, *, max_images: int) -> Inference:
     """Read an inference request body in any of the protocol's three forms (see the module docstring).
 
@@ -246,16 +296,8 @@ def parse_request(body: bytes, header_length: str | None, *, max_images: int) ->
             body = body[_LENGTH.size :]
         return Inference(None, [body], defaults.SCORE_THRESHOLD, None, [(name, True) for name in OUTPUTS])
     header, binary = (body, b"") if length is None else (body[:length], body[length:])
-    try:
-        request = InferenceRequest.model_validate_json(header)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first.get("loc", ()))
-        raise InvalidRequest(f"invalid inference request: {where + ': ' if where else ''}{first['msg']}") from None
-    (tensor,) = request.inputs
-    count = tensor.shape[0]
-    if count > max_images:
-        raise TooManyImages(f"{count} images; at most {max_images} per request")
+    request = validate_request(header, max_images=max_images)
+    tensor = request.inputs[0]
     size = tensor.parameters.get("binary_data_size")
     if size is not None:
         if isinstance(size, bool) or not isinstance(size, int) or size < 0:
@@ -264,13 +306,20 @@ def parse_request(body: bytes, header_length: str | None, *, max_images: int) ->
             raise InvalidRequest(
                 f"input {INPUT!r} has binary_data_size {size}, but {len(binary)} bytes follow the JSON"
             )
-        images = _elements(binary)
+        images = bytes_elements(binary)
     elif tensor.data is not None:
         if binary:
             raise InvalidRequest(f"{len(binary)} bytes follow the JSON, but no input has binary_data_size")
         images = _base64_elements(tensor.data)
     else:
         raise InvalidRequest(f"input {INPUT!r} has neither data nor binary_data_size")
+    return inference(request, images)
+
+
+def inference(request: InferenceRequest, images: list[bytes]) -> Inference:
+    """The parsed request: ``images`` (the input's elements) checked against its shape, and its parameters and
+    requested outputs read. Raises ``InvalidRequest``."""
+    count = request.inputs[0].shape[0]
     if len(images) != count:
         raise InvalidRequest(f"input {INPUT!r} has shape [{count}] but {len(images)} elements")
     threshold, cap = _detection_options(request.parameters)
@@ -302,18 +351,22 @@ def detection_tensors(results: Sequence[ImageDetections]) -> dict[str, np.ndarra
     return {BOXES: boxes, SCORES: scores, CLASSES: classes, COUNT: count}
 
 
+def output_tensors(inference: Inference, results: Sequence[ImageDetections]) -> list[tuple[str, np.ndarray, bool]]:
+    """The outputs the request asked for, in its order: (name, FP32 little-endian tensor, whether as binary)."""
+    tensors = detection_tensors(results)
+    return [(name, tensors[name].astype("<f4"), as_binary) for name, as_binary in inference.outputs]
+
+
 def encode_response(
     model: str, version: str, inference: Inference, results: Sequence[ImageDetections]
 ) -> tuple[bytes, dict[str, str], str]:
     """The answer's body, headers and media type: JSON, followed by the binary outputs when any are binary."""
-    tensors = detection_tensors(results)
     outputs: list[dict[str, Any]] = []
     binary: list[bytes] = []
-    for name, as_binary in inference.outputs:
-        tensor = tensors[name]
+    for name, tensor, as_binary in output_tensors(inference, results):
         entry: dict[str, Any] = {"name": name, "datatype": "FP32", "shape": list(tensor.shape)}
         if as_binary:
-            data = tensor.astype("<f4").tobytes()
+            data = tensor.tobytes()
             entry["parameters"] = {"binary_data_size": len(data)}
             binary.append(data)
         else:
@@ -327,3 +380,52 @@ def encode_response(
     if not binary:
         return header, {}, "application/json"
     return header + b"".join(binary), {HEADER_LENGTH: str(len(header))}, BINARY_MEDIA_TYPE
+
+
+# --- the protocol's operations on the service (HTTP and gRPC) ---------------------------------------------------------
+
+
+def server_metadata() -> ServerMetadata:
+    """The server's name, version (this package's) and protocol extensions."""
+    try:
+        version = importlib.metadata.version(SERVER_NAME)
+    except importlib.metadata.PackageNotFoundError:
+        version = "0"
+    return ServerMetadata(name=SERVER_NAME, version=version, extensions=EXTENSIONS)
+
+
+def served_model(service: DetectionService, model: str, version: str | None = None) -> str:
+    """The served name of ``model`` (``version`` None: any), or ``UnknownModel`` in Triton's wording; ``NotReady``
+    while the models load."""
+    try:
+        name = service.resolve(model)
+    except UnknownModel:
+        raise UnknownModel(f"Request for unknown model: '{model}' is not found") from None
+    if version is not None and version != service.info(name).version:
+        raise UnknownModel(f"Request for unknown model: '{model}' version {version} is not found")
+    return name
+
+
+def require_ready(service: DetectionService) -> None:
+    """``Draining`` after a SIGTERM, ``NotReady`` while loading (or if the worker died); nothing when ready."""
+    if service.draining:
+        raise Draining("the service is shutting down")
+    if not service.ready:
+        raise NotReady("the models are not loaded yet")
+
+
+def served_model_metadata(service: DetectionService, model: str, version: str | None = None) -> ModelMetadata:
+    """The metadata of ``model`` as served: its version, and its engine as the platform (see :func:`served_model`
+    for the errors)."""
+    name = served_model(service, model, version)
+    info = service.info(name)
+    engine = {"engine": info.backend, "precision": info.backend_precision, **info.backend_figures}
+    return model_metadata(name, info.version, info.backend, engine)
+
+
+async def detect(service: DetectionService, name: str, inference: Inference) -> list[ImageDetections]:
+    """Run ``inference``'s images through the served model ``name``: the service's decoding, limits, queue, batching
+    and deadline, as for every other route."""
+    params = DetectParams(score_threshold=inference.score_threshold, max_detections=inference.max_detections)
+    outcome = await service.detect(name, [Upload(image, "") for image in inference.images], params)
+    return outcome.results

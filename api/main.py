@@ -2,11 +2,14 @@
 and middleware.
 
 Nothing is built at import time: ``python -m api`` calls the factory, and so can uvicorn
-(``uvicorn --factory api.main:create_app``, settings from ``DETECTOR_*``). The models load in the lifespan hook,
-off the event loop, and the inference worker is stopped (queues drained) on shutdown.
+(``uvicorn --factory api.main:create_app``, settings from ``DETECTOR_*``). The models the settings name load in a
+thread the lifespan hook starts, so the socket opens at once and answers liveness (200) and readiness (503) while
+they load, as Kubernetes' probes expect; models handed to the factory are loaded already and start with the app. The
+inference worker is stopped (queues drained) on shutdown.
 
 The protocols it speaks, one router module each: ours (``/v1/detect``, ``/v1/models``...), DeepStack /
-CodeProject.AI (``/v1/vision/...``) and KServe v2 / Triton (``/v2/...``).
+CodeProject.AI (``/v1/vision/...``) and KServe v2 / Triton (``/v2/...``); and KServe v2 over gRPC on its own port
+(``api.grpc_server``), served from the same event loop while the app runs.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from api.errors import drop_undeclared_validation_errors, install_error_handlers
+from api.grpc_server import GrpcServer
 from api.metrics import Metrics
 from api.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from api.models import ServedModel, load_models
@@ -57,16 +61,26 @@ def create_app(
         loader = lambda: {detector.info().name: detector}  # noqa: E731
     else:
         loader = lambda: load_models(  # noqa: E731
-            settings.model_sources, settings.backend, settings.threads, settings.precision
+            settings.model_sources, settings.backend, settings.threads, settings.precision, settings.device
         )
     service = DetectionService(settings, metrics, loader)
+    preloaded = detectors is not None or detector is not None
+    api_keys = settings.api_key_set()
+    grpc_server = GrpcServer(service, settings, metrics, api_keys) if settings.grpc_port else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await anyio.to_thread.run_sync(service.start)
+        if preloaded:  # nothing to read: ready with the app
+            await anyio.to_thread.run_sync(service.start)
+        else:
+            service.start_loading()
         try:
+            if grpc_server is not None:  # in this event loop, beside HTTP
+                await grpc_server.start()
             yield
         finally:
+            if grpc_server is not None:  # its calls in flight finish before the worker stops
+                await grpc_server.stop(settings.shutdown_timeout_s)
             await anyio.to_thread.run_sync(service.stop, settings.shutdown_timeout_s)
 
     app = FastAPI(
@@ -78,7 +92,8 @@ def create_app(
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.service = service
-    app.state.api_keys = settings.api_key_set()
+    app.state.api_keys = api_keys
+    app.state.grpc = grpc_server
     install_error_handlers(app, metrics)
     for router in (detect.router, model.router, deepstack.router, kserve.health, kserve.router, health.router):
         app.include_router(router)

@@ -1,7 +1,8 @@
 """Prometheus metrics: one registry per app (no process-global state), histograms so replicas aggregate.
 
 What happens per model (queue depth and wait, decoding, inference, batch sizes, images) carries a ``model`` label,
-the name the model is served under; HTTP figures are per route, as a route already names its model when it has one.
+the name the model is served under; HTTP figures are per route, as a route already names its model when it has one,
+and gRPC figures per method (``api.grpc_server``; each message of a stream counts as one call).
 """
 
 from __future__ import annotations
@@ -31,10 +32,20 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.grpc_requests = Counter(
+            "detector_grpc_requests", "gRPC calls by method and status code", ["method", "code"], registry=r
+        )
+        self.grpc_request_duration = Histogram(
+            "detector_grpc_request_duration_seconds",
+            "time from a gRPC call's start to its answer",
+            ["method"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.rejections = Counter(
             "detector_rejections", "requests answered with an error, by reason (the error code)", ["reason"], registry=r
         )
-        self.inflight = Gauge("detector_inflight_requests", "HTTP requests being handled", registry=r)
+        self.inflight = Gauge("detector_inflight_requests", "HTTP requests and gRPC calls being handled", registry=r)
         self.queue_depth = Gauge("detector_queue_depth", "requests waiting for the model", ["model"], registry=r)
         self.queue_wait = Histogram(
             "detector_queue_wait_seconds",
@@ -59,6 +70,12 @@ class Metrics:
         )
         self.batch_size = Histogram(
             "detector_batch_size", "images per forward pass", ["model"], buckets=BATCH_BUCKETS, registry=r
+        )
+        self.inflight_pixels = Gauge(
+            "detector_inflight_pixels", "decoded pixels reserved by requests in flight, all models", registry=r
+        )
+        self.pixel_budget = Gauge(
+            "detector_pixel_budget", "most decoded pixels requests may hold at once (api/memory.py)", registry=r
         )
         self.images = Counter("detector_images", "images detected on", ["model"], registry=r)
         self.model = Info("detector_model", "a served model", ["model"], registry=r)

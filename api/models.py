@@ -62,7 +62,11 @@ def check_names(names: Sequence[str]) -> None:
 
 
 def load_models(
-    sources: Sequence[str | None], backend: BackendChoice, threads: int, precision: PrecisionMode = "fast"
+    sources: Sequence[str | None],
+    backend: BackendChoice,
+    threads: int,
+    precision: PrecisionMode = "fast",
+    device: str = "cpu",
 ) -> dict[str, ServedModel]:
     """Load every source in order (the first is the default) and name them; slow: call it off the event loop.
 
@@ -74,7 +78,13 @@ def load_models(
 
     loaded: list[tuple[str, ServedModel]] = []
     for source in sources:
-        model = Detector.from_weights(source, backend=backend, precision=precision, threads=threads)
+        detector = Detector.from_weights(source, backend=backend, precision=precision, threads=threads, device=device)
+        model: ServedModel = detector
+        if device.startswith("cuda"):
+            # Resize, network and NMS on the GPU (detector/gpu); uploads are still decoded on the CPU threads.
+            from detector.gpu.pipeline import GpuPipeline
+
+            model = GpuPipeline(detector)
         loaded.append((served_name(source, model), model))
     check_names([name for name, _ in loaded])
     return dict(loaded)

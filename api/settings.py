@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from api.auth import ApiKeys
@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     )
     host: str = "0.0.0.0"
     port: int = Field(8000, ge=1, le=65535)
+    grpc_port: int = Field(
+        8001, ge=0, le=65535, description="KServe v2 over gRPC, with grpc.health.v1 (api/grpc_server.py); 0: off"
+    )
     threads: int = Field(
         default_factory=available_cpus,
         ge=1,
@@ -50,6 +53,11 @@ class Settings(BaseSettings):
         description="fast: auto may run bf16/fp16/int8 where they meet the accuracy bar; exact: fp32 engines only, "
         "equal to TF / TF.js",
     )
+    device: str = Field(
+        "cpu",
+        pattern=r"^(cpu|cuda(:\d+)?)$",
+        description="where the models run: cpu, or cuda / cuda:N (eager PyTorch; the GPU image, docker/Dockerfile)",
+    )
     # 4: on CPU at 300×300 a batch of 4 already gives the best images/s (benchmarks/backends.py: 8.99 ms/img at b4,
     # 9.16 at b8), and every batch shape an engine has seen costs it ~25-50 MB of resident memory.
     max_batch_size: int = Field(4, ge=1, le=256, description="most images in one forward pass")
@@ -61,6 +69,12 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1, description="request body limit (413 beyond)")
     max_pixels: int = Field(25_000_000, ge=1, description="width × height limit per image (413 beyond)")
     max_images_per_request: int = Field(16, ge=1, description="most `image` parts in one request (413 beyond)")
+    max_inflight_pixels: int | None = Field(
+        None,
+        ge=1,
+        description="decoded pixels all requests may hold at once: beyond it a request waits (503 + Retry-After at "
+        "its deadline), one holding more alone gets 413; unset: from the memory limit (cgroup), see api/memory.py",
+    )
     drain_delay_s: float = Field(
         2.0, ge=0, description="after SIGTERM: seconds of readiness 503 while still serving, before closing"
     )
@@ -81,6 +95,16 @@ class Settings(BaseSettings):
             value = tuple(item.strip() for item in value if isinstance(item, str) and item.strip() not in ("", "."))
             if len(set(value)) != len(value):
                 raise ValueError(f"a model is listed twice: {', '.join(value)}")
+        return value
+
+    @field_validator("max_inflight_pixels")
+    @classmethod
+    def _budget_holds_one_image(cls, value: int | None, info: ValidationInfo) -> int | None:
+        max_pixels = info.data.get("max_pixels")  # validated before: declared above
+        if value is not None and max_pixels is not None and value < max_pixels:
+            raise ValueError(
+                f"must be at least max_pixels ({max_pixels}), or an image within that limit could never be decoded"
+            )
         return value
 
     @field_validator("api_keys")

@@ -16,7 +16,7 @@ from PIL import Image
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.errors import InvalidImage, InvalidRequest, TooManyImages, TooManyPixels, UnsupportedMediaType
-from detector.errors import ImageError
+from detector.errors import ImageError, ImageTooLarge
 from detector.images import open_image, to_rgb_array
 
 log = logging.getLogger("api.uploads")
@@ -102,12 +102,33 @@ async def read_multipart(request: Request, *, max_files: int, max_fields: int) -
         await form.close()
 
 
+def pixel_count(upload: Upload, *, max_pixels: int) -> int:
+    """Check ``upload`` as :func:`decode_upload` does, from its header alone, and give its width × height: what
+    decoding it will hold (``api.memory``). Raises what :func:`decode_upload` raises for its header."""
+    with _open_checked(upload, max_pixels=max_pixels) as image:
+        return image.width * image.height
+
+
 def decode_upload(upload: Upload, *, max_pixels: int) -> np.ndarray:
     """Check and decode one upload into RGB uint8 (H, W, 3) pixels, upright.
 
     Raises ``UnsupportedMediaType`` (415) for a type outside the allow-list or one that contradicts the bytes,
     ``TooManyPixels`` (413) past ``max_pixels``, and ``InvalidImage`` (422) for empty, corrupt or truncated data.
     """
+    with _open_checked(upload, max_pixels=max_pixels) as image:
+        try:
+            return to_rgb_array(image)
+        except ImageError as exc:
+            raise InvalidImage(str(exc)) from None
+        except Exception as exc:
+            # Pillow's decoders raise many exception types on hostile data (struct.error, IndexError, ...);
+            # no upload may produce a 500, so any failure to decode is the upload's fault.
+            log.warning("image decoder failed: %r", exc)
+            raise InvalidImage(f"corrupt image: {type(exc).__name__}") from None
+
+
+def _open_checked(upload: Upload, *, max_pixels: int) -> Image.Image:
+    """The upload opened (its header read, no pixel decoded) once type, format and size pass; see decode_upload."""
     check_media_type(upload.content_type)
     if not upload.data:
         raise InvalidImage("empty image")
@@ -120,11 +141,11 @@ def decode_upload(upload: Upload, *, max_pixels: int) -> np.ndarray:
         raise UnsupportedMediaType(f"content type {upload.content_type!r} does not match the data, which is {sniffed}")
     try:
         image = open_image(upload.data)
-    except Image.DecompressionBombError as exc:
-        raise TooManyPixels(f"image too large: {exc}") from None
+    except ImageTooLarge as exc:
+        raise TooManyPixels(str(exc)) from None
     except ImageError as exc:
         raise InvalidImage(str(exc)) from None
-    with image:
+    try:
         if _PILLOW_FORMATS.get(image.format or "") != sniffed:
             raise InvalidImage(f"not a valid {sniffed} image")
         width, height = image.size
@@ -132,12 +153,7 @@ def decode_upload(upload: Upload, *, max_pixels: int) -> np.ndarray:
             raise InvalidImage(f"image has no pixels ({width}×{height})")
         if width * height > max_pixels:
             raise TooManyPixels(f"image has {width}×{height} = {width * height} pixels; the limit is {max_pixels}")
-        try:
-            return to_rgb_array(image)
-        except ImageError as exc:
-            raise InvalidImage(str(exc)) from None
-        except Exception as exc:
-            # Pillow's decoders raise many exception types on hostile data (struct.error, IndexError, ...);
-            # no upload may produce a 500, so any failure to decode is the upload's fault.
-            log.warning("image decoder failed: %r", exc)
-            raise InvalidImage(f"corrupt image: {type(exc).__name__}") from None
+    except BaseException:
+        image.close()
+        raise
+    return image

@@ -1,4 +1,4 @@
-"""Helpers shared by the service benchmarks: start ``python -m api`` on a free loopback port (``api.testing.live``),
+"""Helpers shared by the service benchmarks: start ``python -m api`` on a free loopback port (``tests.harness.live``),
 talk to it, read its metrics and memory."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from api.testing.live import running_service as live_service  # noqa: E402
 from detector.samples import PHOTOS, photo  # noqa: E402
+from tests.harness.live import running_service as live_service  # noqa: E402
 
 CONTENT_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png"}
 

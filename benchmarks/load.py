@@ -33,11 +33,11 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from api.testing.live import running_service
 from detector.images import load_image
 from detector.inference import Detector
 from detector.machine import describe_cpu_line
 from detector.samples import ALL_PHOTOS, photo
+from tests.harness.live import running_service
 
 KINDS = {"jpeg640": ("JPEG", (640, 480)), "jpeg1280": ("JPEG", (1280, 720)), "png640": ("PNG", (640, 480))}
 CONTENT_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png"}

@@ -1,4 +1,4 @@
-"""The load-balanced stack under failure (:mod:`api.testing.stack`): three replicas behind the repository's nginx
+"""The load-balanced stack under failure (:mod:`tests.harness.stack`): three replicas behind the repository's nginx
 config, steady load over real photographs, one replica SIGKILLed and one SIGTERMed, both restarted; prints the
 events and the table.
 
@@ -19,8 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from api.testing.stack import Stack, failure_drill
 from detector.samples import photo
+from tests.harness.stack import Stack, failure_drill
 
 
 @contextlib.contextmanager

@@ -7,7 +7,8 @@ The package is layered; ``make lint`` checks it (import-linter, the contracts in
 
     detector.cli                        the command line
     detector.training | detector.convert   COCO data, training, evaluation | TF / TF.js import, built-in installs
-    detector.inference, detector.export    the Detector; exporting the network
+    detector.inference, detector.export    the Detector; exporting the network;
+      and detector.gpu                   the GPU pipeline (decode, resize, network, NMS on a device)
     detector.backends                   engines running the network, ``auto``
     the core (flat modules)             model, anchors, box coding, pre/postprocessing, images, weights, spec, ...
 

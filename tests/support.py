@@ -118,6 +118,6 @@ TWO_MODELS = {"DETECTOR_MODELS": "coco,person", "DETECTOR_MAX_WAIT_MS": "0"}
 
 def two_model_service(**env: str):
     """A live ``python -m api`` serving the built-in ``coco`` (the default) and ``person`` models (a context)."""
-    from api.testing.live import running_service
+    from tests.harness.live import running_service
 
     return running_service({**TWO_MODELS, **env})

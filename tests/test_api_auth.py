@@ -213,7 +213,7 @@ def test_the_openapi_schema_declares_both_schemes(client: TestClient) -> None:
 def test_keys_are_not_logged_by_the_live_service(tmp_path: Path) -> None:
     import httpx
 
-    from api.testing.live import running_service
+    from tests.harness.live import running_service
 
     path = tmp_path / "keys"
     path.write_text("live-secret-key\n")
@@ -244,8 +244,8 @@ def test_the_page_asks_for_a_key_and_sends_it() -> None:
         pytest.skip("Debian's chromium is not installed (run `make browser`, which uses apt-get)")
     from playwright.sync_api import sync_playwright
 
-    from api.testing.live import running_service
     from detector.samples import photo
+    from tests.harness.live import running_service
 
     args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-sync"]
     env = {"DETECTOR_API_KEYS": "page-key", "DETECTOR_WEIGHTS": "person"}

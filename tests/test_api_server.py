@@ -13,8 +13,8 @@ import uuid
 
 import pytest
 
-from api.testing.live import running_service
 from detector.samples import photo
+from tests.harness.live import running_service
 
 pytestmark = pytest.mark.slow
 

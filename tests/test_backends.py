@@ -1,5 +1,7 @@
 """Every installed backend against eager PyTorch, ``auto``'s choice, and clean fallback without the engines."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -57,6 +59,37 @@ def test_int8_is_quantized_and_judged_by_the_bar(person_detector, photos):
     verdict = accuracy.judge(reference, _detections(person_detector, backend, photos), PERSON_PHOTOS)
     # The same people are found; whether the figures meet the bar on the whole check set decides auto's verdict.
     assert verdict.truths >= 3 and verdict.agreement_ap > 0.8, verdict.summary()
+
+
+@pytest.mark.slow
+def test_int8_model_of_a_read_only_export_goes_to_the_temp_dir(person_detector, photos, tmp_path, monkeypatch):
+    pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    import shutil
+    import tempfile
+
+    import nncf
+
+    from detector.backends import openvino_backend
+    from detector.backends.onnx import cached_onnx
+
+    baked = tmp_path / "cache" / "exports"  # a container's cache: read-only
+    baked.mkdir(parents=True)
+    onnx = Path(shutil.copy(cached_onnx(person_detector.model), baked))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    save = openvino_backend._save_quantized
+
+    def refuse_the_cache(model: object, target: Path) -> Path:
+        if target.parent == baked:
+            raise PermissionError(30, "Read-only file system", str(target))
+        return save(model, target)
+
+    monkeypatch.setattr(openvino_backend, "_save_quantized", refuse_the_cache)
+    calibration = [person_detector.preprocess(photos[:2])]
+    path = openvino_backend.quantized_model(onnx, calibration)
+    assert path.parent == tmp_path / "tmp" / "ssdlite-detector-exports" and path.with_suffix(".bin").is_file()
+    monkeypatch.setattr(nncf, "quantize", lambda *a, **k: pytest.fail("quantized again"))
+    assert openvino_backend.quantized_model(onnx, calibration) == path  # found there next time
 
 
 def test_detector_on_another_backend_detects_the_same(person_detector, photos):

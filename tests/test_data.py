@@ -12,7 +12,14 @@ from PIL import Image
 from detector.cli import main
 from detector.errors import DatasetError
 from detector.training.coco import load_dataset, read_coco_file
-from detector.training.pipeline import TrainingSet, ssd_augmentation, to_network_input
+from detector.training.pipeline import (
+    TrainingSet,
+    Unreadable,
+    collate_training,
+    raise_unreadable,
+    ssd_augmentation,
+    to_network_input,
+)
 from detector.training.synthetic import make_split
 
 
@@ -133,8 +140,11 @@ def test_image_size_disagreeing_with_annotations_is_an_error(shapes, tmp_path):
     document["images"][0]["width"] += 7
     dataset = load_dataset(images, _write(tmp_path / "a.json", document), log=lambda _: None)
     training = TrainingSet(dataset, dataset.labels(), 96, "none")
+    # Returned, not raised (a DataLoader worker's exception would carry its traceback); the loop raises it.
+    failed = training[0]
+    assert isinstance(failed, Unreadable) and "but its annotations say" in failed.reason
     with pytest.raises(DatasetError, match="but its annotations say"):
-        training[0]
+        list(raise_unreadable([collate_training([training[1], failed])]))
 
 
 def test_grayscale_images_are_converted_and_counted(shapes, tmp_path):

@@ -198,6 +198,25 @@ def test_the_service_refuses_an_unknown_precision():
     assert "DETECTOR_PRECISION: Input should be 'fast' or 'exact'" in done.stderr
 
 
+def test_the_service_loads_its_models_on_the_device_it_is_given(monkeypatch):
+    from api.models import load_models
+    from api.settings import Settings
+    from detector.inference import Detector
+
+    with pytest.raises(ValueError, match="device"):
+        Settings(device="gpu")
+    asked = {}
+
+    def from_weights(source, **options):
+        asked.update(options)
+        raise DetectorError("loaded nothing")
+
+    monkeypatch.setattr(Detector, "from_weights", from_weights)
+    with pytest.raises(DetectorError):
+        load_models(["person"], "auto", 1, "fast", Settings(device="cuda:1").device)
+    assert asked["device"] == "cuda:1"
+
+
 def test_choice_figures_for_info():
     choice = Choice("openvino-bf16", "r", "bf16", (replace(TABLE[2], agreement_ap=0.99, lost=0),))
     assert choice.figures() == {

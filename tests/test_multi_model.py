@@ -168,7 +168,8 @@ def test_metrics_are_labelled_by_model(client: TestClient) -> None:
     assert 'detector_inference_seconds_count{model="pets"} 2.0' in text
     assert 'detector_decode_seconds_count{model="street"} 1.0' in text
     assert (
-        'detector_model_info{backend="pytorch",model="pets",name="pets-v1",precision="fp32",version="0",weights_sha256=""} 1.0' in text
+        'detector_model_info{backend="pytorch",model="pets",name="pets-v1",precision="fp32",version="0",'
+        'weights_sha256=""} 1.0' in text
     )
     route = 'detector_http_requests_total{method="POST",route="/v1/models/{model}/detect",status="200"} 2.0'
     assert route in text

@@ -11,9 +11,9 @@ import httpx
 import numpy as np
 import pytest
 
-from api.testing.live import free_port
-from api.testing.stack import Nginx, find_nginx
 from detector.samples import photo
+from tests.harness.live import free_port
+from tests.harness.stack import Nginx, find_nginx
 from tests.support import two_model_service
 
 pytestmark = [

@@ -21,8 +21,8 @@ import urllib.request
 import numpy as np
 import pytest
 
-from api.testing.stack import Stack, failure_drill, find_nginx
 from detector.samples import photo
+from tests.harness.stack import Stack, failure_drill, find_nginx
 
 pytestmark = pytest.mark.slow
 

@@ -354,15 +354,13 @@ def test_fetch_refuses_unsafe_paths(tmp_path, pinned, monkeypatch):
 
 
 @pytest.mark.slow
-def test_live_tfjs_reproduces_the_golden_file():
+def test_live_tfjs_reproduces_the_golden_file(tfjs_runner):
     """TF.js run now gives bit for bit what the golden file holds (its CPU kernels are deterministic)."""
     from safetensors.numpy import load_file
 
     from detector.samples import synthetic_images
-    from tests.golden import make_tfjs_golden as runner
 
-    if not runner.runner_available() or not (runner.MODEL_DIR / "model.json").is_file():
-        pytest.skip("TF.js runner not installed (run tests/golden/make_tfjs_golden.py)")
+    runner = tfjs_runner
     name = "synthetic_317x211"
     outputs = runner.run_tfjs({name: synthetic_images()[name]})[name]
     golden = load_file(str(runner.OUT))

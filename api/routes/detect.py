@@ -147,14 +147,14 @@ async def _render(
     uploads = await read_uploads(request, settings)
     if len(uploads) != 1:
         raise InvalidRequest(f"render takes exactly one image, got {len(uploads)}")
-    outcome = await service.detect(model, uploads, params)
+    async with service.detecting(model, uploads, params) as outcome:  # the pixels are drawn on, then given back
 
-    def encode() -> bytes:
-        buffer = io.BytesIO()
-        draw_detections(outcome.arrays[0], outcome.results[0]).save(buffer, format=format.upper(), quality=90)
-        return buffer.getvalue()
+        def encode() -> bytes:
+            buffer = io.BytesIO()
+            draw_detections(outcome.arrays[0], outcome.results[0]).save(buffer, format=format.upper(), quality=90)
+            return buffer.getvalue()
 
-    data = await anyio.to_thread.run_sync(encode)
+        data = await anyio.to_thread.run_sync(encode)
     return Response(
         data, media_type=f"image/{format}", headers={"X-Detections": str(len(outcome.results[0].detections))}
     )

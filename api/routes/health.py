@@ -18,7 +18,10 @@ router = APIRouter(tags=["operations"])
     responses=error_responses("detector", 500),
 )
 async def healthz(service: ServiceDep) -> dict[str, str]:
-    """200 while alive; 500 if the inference worker died (restart the process)."""
+    """200 while alive, loading included; 500 if loading the models failed or the inference worker died (restart the
+    process)."""
+    if service.load_error is not None:
+        raise InternalError("loading the models failed")
     if not service.alive:
         raise InternalError("the inference worker stopped")
     return {"status": "alive"}

@@ -10,7 +10,6 @@ image or batch too large, 503 while loading, draining or overloaded, 504 past th
 
 from __future__ import annotations
 
-import importlib.metadata
 import zlib
 from typing import Annotated, Any
 
@@ -20,22 +19,9 @@ from fastapi.responses import Response
 from api import kserve
 from api.auth import require_api_key
 from api.deps import ModelPath, ServiceDep, SettingsDep
-from api.errors import (
-    BodyTooLarge,
-    Draining,
-    InternalError,
-    InvalidRequest,
-    NotReady,
-    UnknownModel,
-    UnsupportedMediaType,
-    error_responses,
-)
-from api.service import DetectionService, DetectParams
+from api.errors import BodyTooLarge, InternalError, InvalidRequest, UnsupportedMediaType, error_responses
+from api.service import DetectionService
 from api.settings import Settings
-from api.uploads import Upload
-
-SERVER_NAME = "ssdlite-detector"
-EXTENSIONS = ["binary_tensor_data"]
 
 health = APIRouter(prefix="/v2/health", tags=["kserve"])
 router = APIRouter(prefix="/v2", tags=["kserve"], dependencies=[Depends(require_api_key)])
@@ -64,31 +50,6 @@ _INFERRED: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _version() -> str:
-    try:
-        return importlib.metadata.version(SERVER_NAME)
-    except importlib.metadata.PackageNotFoundError:
-        return "0"
-
-
-def _model(service: DetectionService, model: str, version: str | None = None) -> str:
-    """The served name, or KServe's 404 (Triton's wording) for an unknown model or version."""
-    try:
-        name = service.resolve(model)
-    except UnknownModel:
-        raise UnknownModel(f"Request for unknown model: '{model}' is not found") from None
-    if version is not None and version != service.info(name).version:
-        raise UnknownModel(f"Request for unknown model: '{model}' version {version} is not found")
-    return name
-
-
-def _require_ready(service: DetectionService) -> None:
-    if service.draining:
-        raise Draining("the service is shutting down")
-    if not service.ready:
-        raise NotReady("the models are not loaded yet")
-
-
 # --- health (no key) ------------------------------------------------------------------------------------------------
 
 
@@ -110,7 +71,7 @@ async def live(service: ServiceDep) -> Response:
 )
 async def ready(service: ServiceDep) -> Response:
     """200 when ready; 503 while loading or draining."""
-    _require_ready(service)
+    kserve.require_ready(service)
     return Response(status_code=200)
 
 
@@ -120,20 +81,13 @@ async def ready(service: ServiceDep) -> Response:
 @router.get("", summary="Server metadata", responses=error_responses("kserve", 401))
 async def server_metadata() -> kserve.ServerMetadata:
     """The server's name, version and protocol extensions."""
-    return kserve.ServerMetadata(name=SERVER_NAME, version=_version(), extensions=EXTENSIONS)
-
-
-def _metadata(service: DetectionService, model: str, version: str | None) -> kserve.ModelMetadata:
-    name = _model(service, model, version)
-    info = service.info(name)
-    engine = {"engine": info.backend, "precision": info.backend_precision, **info.backend_figures}
-    return kserve.model_metadata(name, info.version, info.backend, engine)
+    return kserve.server_metadata()
 
 
 @router.get("/models/{model}", summary="Model metadata", responses=error_responses("kserve", 401, 404, 503))
 async def model_metadata(model: ModelPath, service: ServiceDep) -> kserve.ModelMetadata:
     """The model's one input and four outputs, with datatypes and shapes."""
-    return _metadata(service, model, None)
+    return kserve.served_model_metadata(service, model)
 
 
 @router.get(
@@ -143,12 +97,12 @@ async def model_metadata(model: ModelPath, service: ServiceDep) -> kserve.ModelM
 )
 async def model_version_metadata(model: ModelPath, version: VersionPath, service: ServiceDep) -> kserve.ModelMetadata:
     """As ``GET /v2/models/{model}``, for its one version."""
-    return _metadata(service, model, version)
+    return kserve.served_model_metadata(service, model, version)
 
 
 def _model_ready(service: DetectionService, model: str, version: str | None) -> Response:
-    _model(service, model, version)
-    _require_ready(service)
+    kserve.served_model(service, model, version)
+    kserve.require_ready(service)
     return Response(status_code=200)
 
 
@@ -195,6 +149,16 @@ def _decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
     return data
 
 
+def _read_inference(
+    body: bytes, encoding: str | None, header_length: str | None, settings: Settings
+) -> kserve.Inference:
+    return kserve.parse_request(
+        _decompress(body, encoding, settings.max_body_bytes),
+        header_length,
+        max_images=settings.max_images_per_request,
+    )
+
+
 # Declared so that the schema documents it and a malformed value is refused (400) before the body is read; the value
 # itself is read with the body (api.kserve.parse_request).
 InferenceHeaderLength = Annotated[
@@ -210,14 +174,17 @@ InferenceHeaderLength = Annotated[
 async def _infer(
     request: Request, service: DetectionService, settings: Settings, model: str, version: str | None
 ) -> Response:
-    name = _model(service, model, version)
-    body = _decompress(await request.body(), request.headers.get("content-encoding"), settings.max_body_bytes)
-    inference = kserve.parse_request(
-        body, request.headers.get(kserve.HEADER_LENGTH), max_images=settings.max_images_per_request
+    name = kserve.served_model(service, model, version)
+    # Up to 16 MiB to inflate, validate as JSON and base64-decode: CPU work, so in a decoding thread.
+    inference = await service.decoding(
+        _read_inference,
+        await request.body(),
+        request.headers.get("content-encoding"),
+        request.headers.get(kserve.HEADER_LENGTH),
+        settings,
     )
-    params = DetectParams(score_threshold=inference.score_threshold, max_detections=inference.max_detections)
-    outcome = await service.detect(name, [Upload(image, "") for image in inference.images], params)
-    content, headers, media_type = kserve.encode_response(name, service.info(name).version, inference, outcome.results)
+    results = await kserve.detect(service, name, inference)
+    content, headers, media_type = kserve.encode_response(name, service.info(name).version, inference, results)
     return Response(content, media_type=media_type, headers=headers)
 
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from detector.backends.base import BACKEND_NAMES, Backend
-from detector.backends.onnx import find_onnx
+from detector.backends.onnx import discard_export, find_onnx
 from detector.errors import BackendUnavailable
 
 if TYPE_CHECKING:
@@ -76,7 +76,8 @@ def build_from_export(
     name: str, key: str, *, threads: int | None = None, model_file: str | Path | None = None
 ) -> Backend | None:
     """Backend ``name`` on the cached ONNX export ``key`` without the network in memory (so without torch); None
-    where there is no export yet or the backend needs the network (torch). ``model_file``: the engine file measured
+    where there is no export yet, the backend needs the network (torch), or the engine cannot load the export (a
+    corrupt file: removed, so that building from the network exports it again). ``model_file``: the engine file measured
     for it (for int8, the quantized model; used where it still exists)."""
     if name == "openvino-int8":
         path = Path(model_file) if model_file else None
@@ -86,10 +87,16 @@ def build_from_export(
         path = find_onnx(key) if name in FROM_EXPORT else None
     if path is None:
         return None
-    if name == "onnxruntime":
-        from detector.backends.onnxruntime_backend import OnnxRuntimeBackend
+    try:
+        if name == "onnxruntime":
+            from detector.backends.onnxruntime_backend import OnnxRuntimeBackend
 
-        return OnnxRuntimeBackend(path, threads=threads)
-    from detector.backends.openvino_backend import OpenVinoBackend
+            return OnnxRuntimeBackend(path, threads=threads)
+        from detector.backends.openvino_backend import OpenVinoBackend
 
-    return OpenVinoBackend(path, precision=OPENVINO_PRECISIONS[name], threads=threads)
+        return OpenVinoBackend(path, precision=OPENVINO_PRECISIONS[name], threads=threads)
+    except BackendUnavailable:
+        raise
+    except Exception as exc:  # the engine's own error for a file it cannot load: a corrupt cache entry
+        discard_export(path, f"{name} cannot load it: {str(exc).strip()[:200]}")
+        return None

@@ -7,14 +7,19 @@ paddings of :mod:`detector.padding` constants in the graph.
 
 The cached file is named after the weights file's SHA-256 (or, for a network in memory, its tensors'), so a
 process that serves from the cache finds it without building the network, and without importing torch; exporting
-needs torch. We use the TorchScript-based ``torch.onnx.export(dynamo=False)``: it exports this network in about 4 s,
+needs torch. Beside it, ``<name>.onnx.sha256`` holds the export's own digest: a cached file that no longer matches
+it (a bit flipped on disk, a copy cut short) is removed and exported again instead of being run, and so is one the
+engine refuses to load (:func:`discard_export`; exports from before the digest was written are checked that way
+only). We use the TorchScript-based ``torch.onnx.export(dynamo=False)``: it exports this network in about 4 s,
 against 14 s for the dynamo exporter, and gives the same graph for a fixed-size input.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import io
+import logging
 import tempfile
 import warnings
 from pathlib import Path
@@ -22,10 +27,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from detector.cache import cache_dir, write_atomic
+from detector.cache import cache_dir, file_digest, write_atomic
+from detector.errors import ExportError
 
 if TYPE_CHECKING:
     from detector.model import SSDLite
+
+log = logging.getLogger("detector.backends")
 
 ONNX_OPSET = 17
 INPUT_NAME = "images"
@@ -77,8 +85,48 @@ def export_paths(key: str) -> list[Path]:
 
 
 def find_onnx(key: str) -> Path | None:
-    """The cached ONNX export of ``key``, if one was made."""
-    return next((path for path in export_paths(key) if path.is_file()), None)
+    """The cached ONNX export of ``key``, if one was made and is intact (a corrupt one is removed)."""
+    for path in export_paths(key):
+        if path.is_file():
+            if _matches_its_digest(path):
+                return path
+            discard_export(path, "its SHA-256 differs from the one noted when it was exported")
+    return None
+
+
+def _digest_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def _matches_its_digest(path: Path) -> bool:
+    try:
+        noted = _digest_path(path).read_text().strip()
+    except OSError:
+        return True  # an export from before digests were noted (or copied without it): the engine's load checks it
+    return file_digest(path) == noted
+
+
+def discard_export(path: Path, reason: str) -> None:
+    """Remove a corrupt cached export (and its digest), so that the next use exports it again.
+
+    Raises:
+        ExportError: it cannot be exported again here (no torch: the lean serving image) or cannot be removed (a
+            read-only cache), naming it and what to do.
+    """
+    if importlib.util.find_spec("torch") is None:
+        raise ExportError(
+            f"{path}: a corrupt cached export ({reason}); exporting it again needs torch (the `torch` extra): "
+            "export on a machine that has it (`detector backends`), or rebuild the image"
+        )
+    log.warning("the cached export %s is corrupt (%s): removed, it will be exported again", path, reason)
+    try:
+        path.unlink(missing_ok=True)
+        _digest_path(path).unlink(missing_ok=True)
+    except OSError as exc:
+        raise ExportError(
+            f"{path}: a corrupt cached export ({reason}) that cannot be removed ({exc.strerror or exc}): delete it, "
+            "or set DETECTOR_CACHE_DIR to a writable folder"
+        ) from None
 
 
 def cached_onnx(model: SSDLite, key: str | None = None) -> Path:
@@ -91,10 +139,17 @@ def cached_onnx(model: SSDLite, key: str | None = None) -> Path:
     if found is not None:
         return found
     preferred, fallback = export_paths(key)
+    data = onnx_bytes(model)
     try:
-        return write_atomic(preferred, onnx_bytes(model))
+        return _write_export(preferred, data)
     except OSError:
-        return write_atomic(fallback, onnx_bytes(model))
+        return _write_export(fallback, data)
+
+
+def _write_export(path: Path, data: bytes) -> Path:
+    # The digest first: a reader that finds the export finds its digest (a stale one fails it: exported again).
+    write_atomic(_digest_path(path), hashlib.sha256(data).hexdigest() + "\n")
+    return write_atomic(path, data)
 
 
 def check_batch(image_size: int, batch_size: int = 2) -> np.ndarray:

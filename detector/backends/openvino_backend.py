@@ -123,7 +123,9 @@ class OpenVinoBackend:
 def quantized_model(onnx: Path, calibration: Sequence[np.ndarray]) -> Path:
     """Path of the INT8 OpenVINO model of ``onnx`` calibrated on ``calibration``, quantizing on first use.
 
-    Cached beside the export per network and calibration data, written atomically (replicas may quantize at once).
+    Cached beside the export per network and calibration data, written atomically (replicas may quantize at once);
+    in the temporary directory where the export's directory is read-only (a container's baked-in cache), as the
+    export itself is (:func:`detector.backends.onnx.export_paths`).
     """
     try:
         import nncf
@@ -134,13 +136,25 @@ def quantized_model(onnx: Path, calibration: Sequence[np.ndarray]) -> Path:
     if not images:
         raise BackendUnavailable("openvino-int8 needs calibration images (photographs) to quantize")
     key = hashlib.sha256(b"".join(image.tobytes() for image in images)).hexdigest()[:12]
-    target = onnx.with_name(f"{onnx.stem}-int8-{key}.xml")
-    if target.is_file() and target.with_suffix(".bin").is_file():
-        return target
+    name = f"{onnx.stem}-int8-{key}.xml"
+    targets = [onnx.with_name(name), Path(tempfile.gettempdir()) / "ssdlite-detector-exports" / name]
+    found = next((t for t in targets if t.is_file() and t.with_suffix(".bin").is_file()), None)
+    if found is not None:
+        return found
     dataset = nncf.Dataset([image[None] for image in images])
     quantized = nncf.quantize(ov.Core().read_model(str(onnx)), dataset, subset_size=len(images))
+    try:
+        return _save_quantized(quantized, targets[0])
+    except OSError:
+        return _save_quantized(quantized, targets[1])
+
+
+def _save_quantized(model: object, target: Path) -> Path:
+    import openvino as ov
+
+    target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        ov.save_model(quantized, str(Path(tmp) / "int8.xml"), compress_to_fp16=False)
+        ov.save_model(model, str(Path(tmp) / "int8.xml"), compress_to_fp16=False)
         # Weights (.bin) first, then the graph (.xml) that names them: whoever finds the .xml finds its weights.
         for suffix in (".bin", ".xml"):
             with atomic_path(target.with_suffix(suffix)) as staged:

@@ -12,6 +12,7 @@ print a traceback. ``python -m detector.cli`` (what ``torchrun -m`` runs) is the
 from __future__ import annotations
 
 import argparse
+import warnings
 from collections.abc import Sequence
 
 from detector.cli import detect, models, training
@@ -32,7 +33,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = build_parser().parse_args(argv)
     try:
-        status: int = args.run(args)
+        with warnings.catch_warnings():
+            # Pillow warns about what it tolerates in a file (a corrupt EXIF block, a large image) in a Python
+            # warning of two lines per file; each file gets our one line instead (an error, or nothing: it was read).
+            warnings.filterwarnings("ignore", module=r"PIL\.")
+            status: int = args.run(args)
         return status
     except DetectorError as exc:
         error(str(exc))

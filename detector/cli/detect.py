@@ -11,6 +11,7 @@ engine is ``auto`` by default: the service's choice, measured once per machine a
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -53,8 +54,7 @@ def add_commands(subparsers: Subparsers) -> None:
     parser.add_argument(
         "--batch-size",
         type=positive_int,
-        default=defaults.DETECT_BATCH_SIZE,
-        help="images per forward pass (default: %(default)s)",
+        help=f"images per forward pass (default: {defaults.DETECT_BATCH_SIZE}; {defaults.GPU_BATCH_SIZE} on CUDA)",
     )
     parser.add_argument(
         "--out", type=Path, metavar="FILE", help="stream one JSON line per image or frame here (JSON lines)"
@@ -92,7 +92,20 @@ def add_commands(subparsers: Subparsers) -> None:
         "--no-progress", action="store_true", help="no progress bar (there is none where stderr is not a terminal)"
     )
     add_backend_option(parser, default="auto")
+    parser.add_argument(
+        "--device",
+        type=_device,
+        default="cpu",
+        help="cpu, or cuda / cuda:N: JPEGs decoded, resized, detected and post-processed on the GPU (detector/gpu; "
+        "under torchrun each process takes GPU LOCAL_RANK) (default: %(default)s)",
+    )
     parser.set_defaults(run=run_detect, usage_error=parser.error)
+
+
+def _device(text: str) -> str:
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device: cpu, cuda, cuda:1, ...")
+    return text
 
 
 def _check_arguments(args: argparse.Namespace) -> None:
@@ -113,4 +126,16 @@ def run_detect(args: argparse.Namespace) -> int:
     from detector.cli.detect_run import run
 
     _check_arguments(args)
+    on_gpu = args.device.startswith("cuda")
+    if args.batch_size is None:
+        args.batch_size = defaults.GPU_BATCH_SIZE if on_gpu else defaults.DETECT_BATCH_SIZE
+    if on_gpu:
+        import torch
+
+        from detector.cli.detect_gpu import gpu_detection_loop
+        from detector.errors import BackendUnavailable
+
+        if not torch.cuda.is_available():
+            raise BackendUnavailable(f"--device {args.device}: no CUDA device is available here")
+        return run(args, gpu_detection_loop)
     return run(args)

@@ -7,19 +7,23 @@ One record per image, per video frame and per input that failed, one JSON object
     {"file": "bad.jpg", "error": "corrupt or truncated image: ..."}
 
 Each batch's lines go out in one write and are flushed, so a killed run leaves whole lines plus at most one cut
-off; reading skips lines that do not parse. ``--resume`` keeps every detection record and drops the error records
-(those inputs are tried again). Under torchrun each rank appends to ``<out stem>.rank-K<suffix>``; rank 0 merges
-them in input order into the output at the end, through a temporary file renamed into place, so the output is
-never half-written. Beside the records, ``<out>.settings.json`` notes what they depend on (the weights' digest, the
-score threshold, the detection limit, the video frame rate), so that ``--resume`` with other settings is refused
-rather than mixing two runs' records in one file.
+off; reading skips lines that are cut off or are not records this program writes (:func:`check_record`: a field
+missing or of the wrong type), and ``--resume`` says how many and where. ``--resume`` keeps every detection record
+and drops the error records and the malformed lines (those inputs are tried again). Under torchrun each rank
+appends to ``<out stem>.rank-K<suffix>``; rank 0 merges them in input order into the output at the end, through a
+temporary file renamed into place, so the output is never half-written. Beside the records,
+``<out>.settings.json`` notes what they depend on (the weights' digest, the score threshold, the detection limit,
+the video frame rate), so that ``--resume`` with other settings is refused rather than mixing two runs' records in
+one file. Output paths are checked before any work (:func:`check_file_output`, :func:`check_folder_output`).
 """
 
 from __future__ import annotations
 
 import json
+import math
+import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import Any, TextIO
 
@@ -55,6 +59,54 @@ def record_key(record: Mapping[str, Any]) -> Key:
     return (record["file"], "error" if "error" in record else record.get("frame"))
 
 
+def check_record(record: object) -> Key:
+    """The key of a record read back from a file, after checking it is one this program writes: an object whose
+    ``file`` is a string, with a string ``error``, or ``width`` and ``height`` ≥ 1, a list of ``detections`` (label,
+    class id, score, four-number box) and, for a video frame, a ``frame`` ≥ 0 and a ``timestamp``.
+
+    Raises:
+        ValueError: naming the first field missing or of the wrong type.
+    """
+    if not isinstance(record, dict):
+        raise ValueError("not a JSON object")
+    if not isinstance(record.get("file"), str) or not record["file"]:
+        raise ValueError("'file' is not a file name")
+    if "error" in record:
+        if not isinstance(record["error"], str):
+            raise ValueError("'error' is not a string")
+        return record_key(record)
+    for name in ("width", "height"):
+        if not _is_int(record.get(name)) or record[name] < 1:
+            raise ValueError(f"{name!r} is not a size in pixels")
+    if "frame" in record and not (
+        _is_int(record["frame"]) and record["frame"] >= 0 and _is_number(record.get("timestamp"))
+    ):
+        raise ValueError("'frame' and 'timestamp' are not a frame number and a time")
+    detections = record.get("detections")
+    if not isinstance(detections, list):
+        raise ValueError("no 'detections' list")
+    for det in detections:
+        if not (
+            isinstance(det, dict)
+            and isinstance(det.get("label"), str)
+            and _is_int(det.get("class_id"))
+            and _is_number(det.get("score"))
+            and isinstance(det.get("box"), list)
+            and len(det["box"]) == 4
+            and all(_is_number(value) for value in det["box"])
+        ):
+            raise ValueError(f"a detection is not {{label, class_id, score, box}}: {json.dumps(det)[:80]}")
+    return record_key(record)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def detections_of(record: Mapping[str, Any]) -> ImageDetections:
     """A detection record back as :class:`ImageDetections` (for drawing what an earlier run detected)."""
     return ImageDetections(
@@ -80,27 +132,38 @@ def rank_paths(out: Path) -> list[Path]:
 @dataclass
 class ReadRecords:
     """Records read from files: ``lines`` by key (the raw line, first occurrence kept), how many lines were
-    skipped as cut off or malformed."""
+    skipped as cut off or malformed, and where and why each malformed one was (``results.jsonl:7: no 'detections'
+    list``)."""
 
     lines: dict[Key, str]
     skipped: int = 0
+    malformed: list[str] = field(default_factory=list)
+
+    def describe(self, what: Path) -> str:
+        """One line for the log: how many lines of ``what`` were left out, and the first few malformed ones."""
+        cut = self.skipped - len(self.malformed)
+        parts = ([f"{cut} cut-off"] if cut else []) + ([f"{len(self.malformed)} malformed"] if self.malformed else [])
+        shown = "; ".join(self.malformed[:3]) + ("; …" if len(self.malformed) > 3 else "")
+        return f"left out {' and '.join(parts)} line(s) of {what}" + (f" ({shown})" if shown else "")
 
 
 def read_records(paths: Iterable[Path]) -> ReadRecords:
-    """Every well-formed record line of ``paths`` that exist, by key (first occurrence wins)."""
+    """Every well-formed record line of ``paths`` that exist, by key (first occurrence wins); a line cut off, not
+    JSON or not a record (:func:`check_record`) is counted and left out."""
     found = ReadRecords({})
     for path in paths:
         if not path.is_file():
             continue
         with path.open("rb") as handle:
-            for raw in handle:
-                try:
-                    if not raw.endswith(b"\n"):
-                        raise ValueError("cut off")
-                    record = json.loads(raw)
-                    key = record_key(record)
-                except (ValueError, KeyError, TypeError):
+            for number, raw in enumerate(handle, start=1):
+                if not raw.endswith(b"\n"):
                     found.skipped += 1
+                    continue
+                try:
+                    key = check_record(json.loads(raw))
+                except ValueError as exc:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors too
+                    found.skipped += 1
+                    found.malformed.append(f"{path.name}:{number}: {exc}")
                     continue
                 found.lines.setdefault(key, raw.decode().rstrip("\n"))
     return found
@@ -155,22 +218,68 @@ def remove(paths: Iterable[Path]) -> None:
 
 
 class RecordWriter:
-    """Appends records to a JSON-lines file, one write and a flush per batch, so lines are whole and visible."""
+    """Appends records to a JSON-lines file, one write and a flush per batch, so lines are whole and visible.
+
+    A write that fails (a full disk) raises :class:`DetectorError` naming the file; the lines before it stay, and
+    ``--resume`` continues from them.
+    """
 
     def __init__(self, path: Path, *, append: bool):
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._handle: TextIO = path.open("a" if append else "w")
+        except OSError as exc:
+            raise DetectorError(f"{path}: cannot write: {exc.strerror or exc}") from None
         self.path = path
-        self._handle: TextIO = path.open("a" if append else "w")
 
     def write(self, records: Sequence[Mapping[str, Any]]) -> None:
         """Append ``records``, each one line."""
         if records:
-            self._handle.write("".join(json.dumps(record) + "\n" for record in records))
-            self._handle.flush()
+            try:
+                self._handle.write("".join(json.dumps(record) + "\n" for record in records))
+                self._handle.flush()
+            except OSError as exc:
+                raise DetectorError(f"{self.path}: cannot write: {exc.strerror or exc}") from None
 
     def close(self) -> None:
         """Close the file."""
         self._handle.close()
+
+
+def check_file_output(path: Path, option: str) -> None:
+    """Refuse, before any work, an output file that cannot be written: a folder, something else than a file, or
+    a place where no file can be made (a missing folder is fine: it is made).
+
+    Raises:
+        DetectorError: ``<path>: <reason>``.
+    """
+    if path.is_dir():
+        raise DetectorError(f"{path}: is a folder; {option} takes a file name")
+    if path.exists() and not path.is_file():
+        raise DetectorError(f"{path}: is not a regular file; {option} takes a file name")
+    _check_can_create(path, path.parent, option)
+
+
+def check_folder_output(path: Path, option: str) -> None:
+    """Refuse, before any work, an output folder that is a file or in which no file can be made."""
+    if path.exists() and not path.is_dir():
+        raise DetectorError(f"{path}: is a file; {option} takes a folder")
+    _check_can_create(path, path, option)
+
+
+def _check_can_create(path: Path, folder: Path, option: str) -> None:
+    """Make a file in ``folder``'s nearest existing ancestor and remove it: the one test that also holds for root
+    and for read-only filesystems."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise DetectorError(f"{path}: {existing} is not a folder ({option})")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        raise DetectorError(f"{path}: cannot write in {existing}: {exc.strerror or exc} ({option})") from None
 
 
 def drawing_paths(files: Sequence[str], videos: set[str], directory: Path) -> dict[str, Path]:

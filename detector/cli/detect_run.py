@@ -14,7 +14,7 @@ import json
 import sys
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -41,6 +41,8 @@ from detector.cli.detect_inputs import (
 from detector.cli.detect_outputs import (
     Key,
     RecordWriter,
+    check_file_output,
+    check_folder_output,
     coco_results,
     detections_of,
     drawing_paths,
@@ -66,7 +68,14 @@ from detector.drawing import draw_detections
 from detector.errors import DetectorError
 from detector.inference import Detector
 from detector.results import ImageDetections
-from detector.training.distributed import World, broadcast_from_main, gather_to_main, init_distributed, shutdown
+from detector.training.distributed import (
+    World,
+    broadcast_from_main,
+    gather_to_main,
+    init_distributed,
+    local_device,
+    shutdown,
+)
 from detector.video import VideoWriter
 
 # Decoded batches kept ready ahead of the network: enough to hide decoding jitter, few enough to bound memory.
@@ -189,7 +198,11 @@ class DetectionLoop:
                 records.append(self._fail(file, item.error or "could not be read"))
                 continue
             if self.args.draw:
-                draw_detections(item.pixels, results[file]).save(self.drawings[file])
+                try:
+                    draw_detections(item.pixels, results[file]).save(self.drawings[file])
+                except OSError as exc:  # its record waits for its drawing: the input is tried again on --resume
+                    records.append(self._fail(file, f"cannot write its drawing {self.drawings[file]}: {exc}"))
+                    continue
             records.append(image_record(file, results[file]))
         self.tally.images += len(records) - sum(1 for record in records if "error" in record)
         self._emit(records, len(records))
@@ -284,7 +297,7 @@ def _plan(args: argparse.Namespace, detector: Detector) -> Plan:
         found = read_records([records, *rank_paths(records)])
         kept = {key: line for key, line in found.lines.items() if key[1] != "error"}
         if found.skipped:
-            log(f"--resume: left out {found.skipped} cut-off or malformed line(s) of {records}")
+            log(f"--resume: {found.describe(records)}; their inputs are detected again")
         positions = _positions(sources)
         write_sorted(records, kept, positions)
         videos = {source.path for source in sources if source.kind == "video"}
@@ -298,6 +311,17 @@ def _plan(args: argparse.Namespace, detector: Detector) -> Plan:
         remove([records])
     remove(rank_paths(records))
     return plan
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Every rank, before any work: each output can be written (so no run fails at its end for want of a file)."""
+    if args.out:
+        check_file_output(args.out, "--out")
+        check_file_output(_records_path(args), "--out")
+    if args.json_out:
+        check_file_output(args.json_out, "--json")
+    if args.draw:
+        check_folder_output(args.draw, "--draw")
 
 
 def _check_coco(args: argparse.Namespace, detector: Detector) -> None:
@@ -352,13 +376,22 @@ def _summary(args: argparse.Namespace, plan: Plan, total: Tally, seconds: float)
     return f"{text}; wrote {args.out}"
 
 
-def run(args: argparse.Namespace) -> int:
-    """Run ``detector detect`` with parsed (and checked) arguments; returns the exit status."""
+# Builds the loop that runs a rank's units: (detector, args, sink, done, drawings, progress bar) → DetectionLoop.
+LoopFactory = Callable[..., DetectionLoop]
+
+
+def run(args: argparse.Namespace, make_loop: LoopFactory = DetectionLoop) -> int:
+    """Run ``detector detect`` with parsed (and checked) arguments; returns the exit status.
+
+    ``make_loop``: builds the detection loop (:func:`detector.cli.detect_gpu.gpu_detection_loop` for ``--device cuda``).
+    """
+    _check_outputs(args)
     world = init_distributed("cpu")
     try:
         # Rank 0 installs a missing built-in model, lists the inputs and prepares the output; the others follow.
         weights = broadcast_from_main(installed_weights(args.weights) if world.is_main else None, world)
-        detector = Detector.from_weights(weights, backend=args.backend, precision=args.precision)
+        device = str(local_device(args.device, world))
+        detector = Detector.from_weights(weights, backend=args.backend, precision=args.precision, device=device)
         if world.is_main and args.format == "coco":
             _check_coco(args, detector)
         plan: Plan = broadcast_from_main(_plan(args, detector) if world.is_main else None, world)
@@ -383,7 +416,7 @@ def run(args: argparse.Namespace) -> int:
         started = time.perf_counter()
         try:
             with bar:
-                tally = DetectionLoop(detector, args, sink, plan.done, drawings, bar).run(mine)
+                tally = make_loop(detector, args, sink, plan.done, drawings, bar).run(mine)
         finally:
             if isinstance(sink, RecordWriter):
                 sink.close()
@@ -406,8 +439,11 @@ def run(args: argparse.Namespace) -> int:
                 text = json.dumps(json_document(records_in_order), indent=2)
                 print(text)
                 if args.json_out:
-                    args.json_out.parent.mkdir(parents=True, exist_ok=True)
-                    args.json_out.write_text(text + "\n")
+                    try:
+                        args.json_out.parent.mkdir(parents=True, exist_ok=True)
+                        args.json_out.write_text(text + "\n")
+                    except OSError as exc:  # checked before the work; the results are on stdout all the same
+                        raise DetectorError(f"{args.json_out}: cannot write: {exc.strerror or exc}") from None
             status = EXIT_FAILED if total.failed else EXIT_OK
         exit_status: int = broadcast_from_main(status, world)
         return exit_status

@@ -66,14 +66,23 @@ def _add_evaluate(subparsers: Subparsers) -> None:
         default=defaults.EVAL_SCORE_THRESHOLD,
         help="keep detections above this score (default: %(default)s; mAP wants nearly all of them)",
     )
-    parser.add_argument("--batch-size", type=positive_int, default=defaults.EVAL_BATCH_SIZE, help="images per pass")
+    parser.add_argument(
+        "--batch-size",
+        type=positive_int,
+        help=f"images per pass (default: {defaults.EVAL_BATCH_SIZE}; {defaults.GPU_BATCH_SIZE} on CUDA)",
+    )
     parser.add_argument(
         "--workers",
         type=non_negative_int,
         default=defaults.DATA_WORKERS,
-        help="image-reading processes (default: %(default)s)",
+        help="image-reading processes (threads on CUDA) (default: %(default)s)",
     )
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: %(default)s)")
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu, cuda, cuda:1, ...; on CUDA, JPEGs are decoded, resized and post-processed on the GPU "
+        "(detector/gpu) (default: %(default)s)",
+    )
     add_backend_option(parser, default="torch")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(run=_run_evaluate)
@@ -101,7 +110,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
             detector,
             dataset,
             score_threshold=args.score_threshold,
-            batch_size=args.batch_size,
+            batch_size=args.batch_size
+            or (defaults.GPU_BATCH_SIZE if device.startswith("cuda") else defaults.EVAL_BATCH_SIZE),
             workers=args.workers,
             world=world,
             progress=not args.no_progress,

@@ -46,10 +46,25 @@ def _constants(graph: graph_pb2.GraphDef) -> dict[str, node_def_pb2.NodeDef]:
 
 
 def _value(consts: dict[str, node_def_pb2.NodeDef], name: str) -> np.ndarray:
+    if name not in consts:
+        raise GraphImportError(f"the graph has no constant {name}")
     try:
         return tensor_util.make_ndarray(consts[name].attr["value"].tensor)
-    except KeyError:
-        raise GraphImportError(f"the graph has no constant {name}") from None
+    except (ValueError, TypeError) as exc:  # a dtype TF does not know, content that does not fill the shape
+        raise GraphImportError(f"the graph's constant {name} is malformed: {exc}") from None
+
+
+def _scalar(consts: dict[str, node_def_pb2.NodeDef], name: str) -> float:
+    value = _value(consts, name)
+    if value.size != 1 or not np.issubdtype(value.dtype, np.number) or not np.isfinite(value).all():
+        raise GraphImportError(f"the graph's constant {name} is {value.dtype} {value.shape}, not a finite number")
+    return float(value.reshape(()))
+
+
+def _input(node: node_def_pb2.NodeDef, index: int) -> str:
+    if index >= len(node.input):
+        raise GraphImportError(f"the graph's node {node.name} has {len(node.input)} inputs, not {index + 1} or more")
+    return str(node.input[index])
 
 
 @dataclass(frozen=True)
@@ -69,17 +84,19 @@ def _graph_settings(graph: graph_pb2.GraphDef, consts: dict[str, node_def_pb2.No
         raise GraphImportError(
             "the graph's resize uses align_corners or half_pixel_centers; only TF1's legacy one is supported"
         )
-    size = _value(consts, resize[0].input[1]).tolist()
-    if len(size) != 2 or size[0] != size[1]:
-        raise GraphImportError(f"the graph resizes to {size}; only square inputs are supported")
+    size = _value(consts, _input(resize[0], 1))
+    if size.shape != (2,) or not np.issubdtype(size.dtype, np.integer) or size[0] != size[1]:
+        raise GraphImportError(f"the graph resizes to {size.tolist()}; only square inputs are supported")
     nms = [n for n in graph.node if n.op.startswith("NonMaxSuppression") and n.name.startswith(NMS)]
     if not nms:
         raise GraphImportError("the graph has no MultiClassNonMaxSuppression: not a TF OD API SSD export")
-    iou = float(_value(consts, nms[0].input[3]))
-    max_per_class = int(_value(consts, f"{NMS}/Minimum/x")) if f"{NMS}/Minimum/x" in consts else defaults.MAX_DETECTIONS
+    iou = _scalar(consts, _input(nms[0], 3))
+    max_per_class = (
+        int(_scalar(consts, f"{NMS}/Minimum/x")) if f"{NMS}/Minimum/x" in consts else defaults.MAX_DETECTIONS
+    )
     # Newer exports clip to the window after NMS (``_clip_window_prune_boxes``), the 2018_05_09 zoo graphs before.
     clip = [n for n in graph.node if n.name.startswith(f"{NMS}/ClipToWindow/split") and n.op == "Split"]
-    clip_after = bool(clip) and "SortByField" in clip[0].input[1]
+    clip_after = bool(clip) and "SortByField" in _input(clip[0], 1)
     return GraphSettings(
         image_size=int(size[0]),
         postprocessing=Postprocessing(

@@ -122,6 +122,13 @@ def _scalar(graph: TfjsGraph, name: str) -> np.ndarray:
     return graph.weights[name]
 
 
+def _number(graph: TfjsGraph, name: str) -> float:
+    value = _scalar(graph, name)
+    if value.size != 1 or not np.isfinite(value).all():
+        raise GraphImportError(f"{graph.path}: constant {name} is {value.dtype} {value.shape}, not a finite number")
+    return float(value.reshape(()))
+
+
 def check_graph(graph: TfjsGraph) -> tuple[int, Preprocessing]:
     """Refuse a graph whose input handling or output decoding differs from our model's; returns the input size and
     the preprocessing the graph records."""
@@ -133,23 +140,27 @@ def check_graph(graph: TfjsGraph) -> tuple[int, Preprocessing]:
             f"{graph.path}: the graph's resize uses align_corners or half_pixel_centers; only TF1's legacy one is "
             "supported"
         )
-    size = _scalar(graph, resize.inputs[1]).tolist()
-    if len(size) != 2 or size[0] != size[1]:
-        raise GraphImportError(f"{graph.path}: the graph resizes to {size}; only square inputs are supported")
-    scale, shift = float(_scalar(graph, PIXEL_SCALE)), float(_scalar(graph, PIXEL_SHIFT))
+    if len(resize.inputs) < 2:
+        raise GraphImportError(f"{graph.path}: {RESIZE} has no size input")
+    size = _scalar(graph, resize.inputs[1])
+    if size.shape != (2,) or size.dtype != np.int32 or size[0] != size[1]:
+        raise GraphImportError(f"{graph.path}: the graph resizes to {size.tolist()}; only square inputs are supported")
+    scale, shift = _number(graph, PIXEL_SCALE), _number(graph, PIXEL_SHIFT)
     if np.float32(scale) != np.float32(defaults.PIXEL_SCALE) or shift != -defaults.PIXEL_OFFSET:
         raise GraphImportError(
             f"{graph.path}: the graph scales pixels as x · {scale} − {shift}, not MobileNetV2's x · 2/255 − 1"
         )
     for name, coder_scale in BOX_SCALE_RECIPROCALS.items():
-        value = _scalar(graph, name)
-        if value != np.float32(1.0 / coder_scale):
+        value = _number(graph, name)
+        if np.float32(value) != np.float32(1.0 / coder_scale):
             raise GraphImportError(f"{graph.path}: {name} is {value}, not 1/{coder_scale:g}: box coder scales differ")
     converter = graph.nodes.get(SCORE_CONVERTER)
     if converter is None or converter.op != "Sigmoid":
         raise GraphImportError(f"{graph.path}: {SCORE_CONVERTER} is not a Sigmoid: only sigmoid scores are supported")
     for node in graph.nodes.values():
-        epsilon = float(node.attr.get("epsilon", defaults.BATCH_NORM_EPSILON))
+        epsilon = node.attr.get("epsilon", defaults.BATCH_NORM_EPSILON)
+        if not isinstance(epsilon, (int, float)):
+            raise GraphImportError(f"{graph.path}: {node.name}'s epsilon is {epsilon!r}, not a number")
         if node.op.startswith("FusedBatchNorm") and abs(epsilon - defaults.BATCH_NORM_EPSILON) > 1e-7:
             raise GraphImportError(f"{graph.path}: {node.name} uses batch-norm epsilon {epsilon}, not 1e-3")
     return int(size[0]), Preprocessing(pixel_scale=defaults.PIXEL_SCALE, pixel_offset=defaults.PIXEL_OFFSET)

@@ -9,7 +9,8 @@ Why not tfjs itself: it needs Node.js, and the project reads models in Python wi
 exactly what ``tfjs-core``'s ``io.decodeWeights`` decodes (float32, int32 and bool tensors, stored plain, as
 uint8/uint16 affine-quantized, or as float16) and refuses anything else by name. Old converters (0.x) wrote no
 ``format`` field, numeric dtype enums and ``s`` attributes as byte lists; newer ones write ``format``, dtype names
-and base64 strings. Both read the same.
+and base64 strings. Both read the same. Every part of ``model.json`` is checked for its JSON type before use, so a
+damaged or foreign file is refused with a :class:`~detector.errors.GraphImportError` naming the part.
 """
 
 from __future__ import annotations
@@ -185,6 +186,10 @@ def _check_graph_model(path: Path, data: dict[str, Any]) -> str:
         )
     if declared not in (None, "graph-model") or not isinstance(topology, dict) or "node" not in topology:
         raise _fail(path, f"not a TF.js graph model (format {declared!r}, no modelTopology.node)")
+    if not isinstance(topology["node"], list):
+        raise _fail(
+            path, f"not a TF.js graph model (modelTopology.node is {json.dumps(topology['node'])[:60]}, not a list)"
+        )
     if not isinstance(data.get("weightsManifest"), list):
         raise _fail(path, "not a TF.js graph model (no weightsManifest list)")
     return declared or "graph-model"
@@ -193,33 +198,51 @@ def _check_graph_model(path: Path, data: dict[str, Any]) -> str:
 def _read_nodes(path: Path, topology: dict[str, Any]) -> dict[str, TfjsNode]:
     nodes = {}
     for entry in topology["node"]:
-        if "name" not in entry or "op" not in entry:
+        if (
+            not isinstance(entry, dict)
+            or not isinstance(entry.get("name"), str)
+            or not isinstance(entry.get("op"), str)
+        ):
             raise _fail(path, f"a node without a name or op: {json.dumps(entry)[:120]}")
-        attr = {key: decode_attr(value) for key, value in entry.get("attr", {}).items()}
-        nodes[entry["name"]] = TfjsNode(entry["name"], entry["op"], tuple(entry.get("input", [])), attr)
+        name, inputs, attrs = entry["name"], entry.get("input", []), entry.get("attr", {})
+        if not isinstance(inputs, list) or not all(isinstance(i, str) for i in inputs):
+            raise _fail(path, f"node {name}: its inputs are not a list of names: {json.dumps(inputs)[:120]}")
+        if not isinstance(attrs, dict):
+            raise _fail(path, f"node {name}: its attr is not an object: {json.dumps(attrs)[:120]}")
+        attr = {}
+        for key, value in attrs.items():
+            try:
+                attr[key] = decode_attr(value)
+            except (TypeError, ValueError, AttributeError) as error:  # binascii.Error is a ValueError
+                raise _fail(path, f"node {name}: attribute {key} is malformed ({error})") from None
+        nodes[name] = TfjsNode(name, entry["op"], tuple(inputs), attr)
     return nodes
 
 
 def _spec_layout(path: Path, spec: dict[str, Any]) -> tuple[list[int], np.dtype[Any], int]:
     """Shape, stored dtype and byte size of one manifest entry."""
+    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+        raise _fail(path, f"a weightsManifest entry without a name: {json.dumps(spec)[:120]}")
     name, dtype = spec.get("name"), spec.get("dtype")
     shape = spec.get("shape")
     if not isinstance(shape, list) or not all(isinstance(dim, int) and dim >= 0 for dim in shape):
         raise _fail(path, f"weight {name}: shape {shape!r} is not a list of non-negative sizes")
     if dtype == "string":
         raise _fail(path, f"weight {name}: string weights are not supported")
-    if dtype not in _WEIGHT_DTYPES:
+    if not isinstance(dtype, str) or dtype not in _WEIGHT_DTYPES:
         raise _fail(path, f"weight {name}: unsupported dtype {dtype!r} (supported: float32, int32, bool)")
     stored = _WEIGHT_DTYPES[dtype]
     quantization = spec.get("quantization")
     if quantization is not None:
+        if not isinstance(quantization, dict):
+            raise _fail(path, f"weight {name}: quantization {quantization!r} is not an object")
         kind = quantization.get("dtype")
-        if kind not in _QUANTIZED_DTYPES:
+        if not isinstance(kind, str) or kind not in _QUANTIZED_DTYPES:
             raise _fail(path, f"weight {name}: unknown quantization dtype {kind!r} (supported: uint8, uint16, float16)")
         if kind == "float16" and dtype != "float32":
             raise _fail(path, f"weight {name}: float16 quantization of a {dtype} weight")
-        if kind != "float16" and not ("min" in quantization and "scale" in quantization):
-            raise _fail(path, f"weight {name}: {kind} quantization without min and scale")
+        if kind != "float16" and not all(_is_number(quantization.get(key)) for key in ("min", "scale")):
+            raise _fail(path, f"weight {name}: {kind} quantization without numbers for min and scale")
         if dtype == "bool":
             raise _fail(path, f"weight {name}: quantized bool weight")
         stored = _QUANTIZED_DTYPES[kind]
@@ -235,9 +258,10 @@ def _decode(spec: dict[str, Any], shape: list[int], stored: np.dtype, data: byte
         return raw.astype(np.float32)
     # tfjs computes value * scale + min in double precision, then stores float32 (or rounds to int32).
     values = raw.astype(np.float64) * float(quantization["scale"]) + float(quantization["min"])
-    if spec["dtype"] == "int32":
-        return np.floor(values + 0.5).astype(np.int32)  # JavaScript's Math.round: halves go up
-    return values.astype(np.float32)
+    with np.errstate(invalid="ignore", over="ignore"):  # a damaged scale gives inf or NaN, as tfjs would: no warning
+        if spec["dtype"] == "int32":
+            return np.floor(values + 0.5).astype(np.int32)  # JavaScript's Math.round: halves go up
+        return values.astype(np.float32)
 
 
 def _read_shards(directory: Path, model_json: Path, paths: list[str]) -> list[bytes]:
@@ -257,6 +281,8 @@ def _check_shard_sizes(model_json: Path, paths: list[str], shards: list[bytes], 
     sizes = [len(shard) for shard in shards]
     if sum(sizes) == needed:
         return
+    if not shards:
+        raise _fail(model_json, f"a weightsManifest group lists no shard files for its {needed} bytes of weights")
     # tfjs-converter fills every shard but the last to the same size, so the odd one out is the damaged one.
     full = max(sizes[:-1], default=needed)
     expected = [full] * (len(sizes) - 1) + [max(needed - full * (len(sizes) - 1), 0)]
@@ -271,10 +297,20 @@ def _check_shard_sizes(model_json: Path, paths: list[str], shards: list[bytes], 
     raise _fail(model_json, f"weight shards {', '.join(paths)} hold {sum(sizes)} bytes, the manifest needs {needed}")
 
 
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _read_weights(model_json: Path, manifest: list[dict[str, Any]]) -> dict[str, np.ndarray]:
     weights: dict[str, np.ndarray] = {}
     for group in manifest:
+        if not isinstance(group, dict):
+            raise _fail(model_json, f"a weightsManifest group is not an object: {json.dumps(group)[:120]}")
         paths, specs = group.get("paths", []), group.get("weights", [])
+        if not isinstance(paths, list) or not all(isinstance(name, str) and name for name in paths):
+            raise _fail(model_json, f"a weightsManifest group's paths are not file names: {json.dumps(paths)[:120]}")
+        if not isinstance(specs, list):
+            raise _fail(model_json, f"a weightsManifest group's weights are not a list: {json.dumps(specs)[:120]}")
         layouts = [_spec_layout(model_json, spec) for spec in specs]
         needed = sum(size for _, _, size in layouts)
         shards = _read_shards(model_json.parent, model_json, paths)

@@ -147,6 +147,10 @@ def import_variables(
     the tensor of the file each variable came from where that is not the variable's own name.
     """
     require_architecture(variables, origin)
+    for kernel in (STEM, CLASS_PREDICTOR):
+        if np.ndim(variables[kernel]) != 4:
+            shape = np.shape(variables[kernel])
+            raise GraphImportError(f"{origin}: {kernel} has shape {shape}, not a convolution kernel's 4 dimensions")
     width_mult = np.shape(variables[STEM])[-1] / 32
     anchors_per_location = num_anchors_per_location(ssd_box_specs())[0]
     class_outputs = np.shape(variables[CLASS_PREDICTOR])[-1]
@@ -192,8 +196,14 @@ def assemble(
     for var in variable_map(model):
         if var.tf_name not in variables:
             raise GraphImportError(f"{origin}: missing variable {var.tf_name}")
-        array = to_torch_layout(np.asarray(variables[var.tf_name]), var.kind)
+        array = np.asarray(variables[var.tf_name])
         target = tuple(state[var.torch_key].shape)
+        if array.ndim != len(target) or (var.kind in ("box_conv", "box_bias") and array.shape[-1] % 4):
+            raise GraphImportError(
+                f"{origin}: variable {sources.get(var.tf_name, var.tf_name)} has shape {array.shape}, which no "
+                f"layout conversion makes {target}"
+            )
+        array = to_torch_layout(array, var.kind)
         if array.shape != target:
             raise GraphImportError(
                 f"{origin}: variable {sources.get(var.tf_name, var.tf_name)} has shape {array.shape} after layout "

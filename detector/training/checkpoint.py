@@ -56,12 +56,49 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
         torch.save(state, staged)
 
 
+# What a checkpoint of ``detector train`` holds, and the type of each entry.
+CHECKPOINT_FIELDS: dict[str, type] = {
+    "epoch": int,
+    "spec": str,
+    "config": dict,
+    "model": dict,
+    "optimizer": dict,
+    "scheduler": dict,
+    "scaler": dict,
+    "rng": list,
+    "history": list,
+}
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint` (tensors and plain data only: no code runs)."""
+    """Read a checkpoint written by :func:`save_checkpoint` (tensors and plain data only: no code runs).
+
+    Raises:
+        WeightsError: the file is missing or unreadable, or holds something else than a checkpoint of
+            ``detector train`` (a bare state dict, another program's checkpoint), naming what it lacks.
+    """
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"checkpoint not found: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise WeightsError(f"{path} is not a readable training checkpoint: {exc}") from None
+    if isinstance(state, dict) and state and all(isinstance(value, torch.Tensor) for value in state.values()):
+        raise WeightsError(
+            f"{path}: a bare state dict (tensors only), not a checkpoint of `detector train`; --resume continues "
+            f"from the {CHECKPOINT_FILE} a training run writes in its --out folder"
+        )
+    if not isinstance(state, dict):
+        raise WeightsError(f"{path}: not a checkpoint of `detector train` (it holds a {type(state).__name__})")
+    missing = [name for name in CHECKPOINT_FIELDS if name not in state]
+    if missing:
+        raise WeightsError(f"{path}: not a checkpoint of `detector train`: no {', '.join(map(repr, missing))}")
+    for name, kind in CHECKPOINT_FIELDS.items():
+        if not isinstance(state[name], kind) or isinstance(state[name], bool):
+            raise WeightsError(
+                f"{path}: checkpoint entry {name!r} is a {type(state[name]).__name__}, not a {kind.__name__}"
+            )
+    if not all(isinstance(value, torch.Tensor) for value in state["model"].values()) or not state["rng"]:
+        raise WeightsError(f"{path}: checkpoint entries 'model' and 'rng' are not a state dict and RNG states")
+    return state

@@ -17,7 +17,7 @@ import io
 import json
 import math
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -29,9 +29,10 @@ from tqdm import tqdm
 from detector import defaults
 from detector.errors import DatasetError
 from detector.inference import Detector
-from detector.training.coco import CocoDataset, Log, SkipReport, coco_api
+from detector.results import ImageDetections
+from detector.training.coco import CocoDataset, ImageRecord, Log, SkipReport, coco_api, read_rgb
 from detector.training.distributed import World, gather_to_main
-from detector.training.pipeline import EvaluationImages, collate_list
+from detector.training.pipeline import EvaluationImages, collate_list, raise_unreadable
 
 # COCOeval.stats, in order, and the line of the summary each one is.
 STAT_NAMES = (
@@ -190,8 +191,12 @@ def detect_dataset(
     workers: int = 0,
     world: World | None = None,
     progress: bool = True,
+    on_device: bool | None = None,
 ) -> tuple[list[dict[str, Any]] | None, Counter]:
     """COCO results for every image of ``dataset`` (this rank's share under torchrun), merged on rank 0.
+
+    ``on_device``: run :mod:`detector.gpu`'s pipeline (JPEGs decoded, resized and post-processed on the detector's
+    device) instead of the DataLoader's CPU preprocessing; None: on CUDA devices.
 
     Returns (results in image order then score order, or None on ranks other than 0; read notes such as
     ``converted_rgb`` counted over all ranks on rank 0).
@@ -201,24 +206,16 @@ def detect_dataset(
     # same batch as in a single-process run, so its outputs (and the numbers) are identical to the last bit.
     count = len(dataset.records)
     batches = [list(range(start, min(start + batch_size, count))) for start in range(0, count, batch_size)]
-    pre = detector.spec.preprocessing
-    images = EvaluationImages(dataset.records, detector.spec.image_size, pre.pixel_scale, pre.pixel_offset)
-    loader = torch.utils.data.DataLoader(
-        images,
-        batch_sampler=batches[world.rank :: world.size],
-        num_workers=workers,
-        collate_fn=collate_list,
-    )
+    if on_device is None:
+        on_device = torch.device(detector.device).type == "cuda"
+    detect = _detect_on_device if on_device else _detect_in_loader
+    detected = detect(detector, dataset.records, batches[world.rank :: world.size], score_threshold, workers)
     per_image: list[tuple[int, list[dict[str, Any]]]] = []
     notes: Counter = Counter()
     bar = tqdm(total=len(dataset.records), desc="evaluate", unit="img", disable=not progress or not world.is_main)
     with bar:
-        for batch in loader:
-            # detect_arrays() in two halves, the preprocessing having run in the loader's workers.
-            codes, logits = detector.predict_raw(np.stack([item[2] for item in batch]))
-            sizes = [item[3] for item in batch]
-            outputs = detector.postprocess(codes, logits, sizes, score_threshold=score_threshold)
-            for (position, image_id, _, _, image_notes), output in zip(batch, outputs, strict=True):
+        for batch, outputs in detected:
+            for (position, image_id, image_notes), output in zip(batch, outputs, strict=True):
                 notes.update(image_notes)
                 results = []
                 for det in output.detections:
@@ -243,6 +240,62 @@ def detect_dataset(
     for _, part_notes in gathered:
         total_notes.update(part_notes)
     return [det for _, results in merged for det in results], total_notes
+
+
+# One batch's images as (position, image id, read notes) and their detections.
+DetectedBatch = tuple[list[tuple[int, int, list[str]]], list[ImageDetections]]
+
+
+def _detect_in_loader(
+    detector: Detector, records: Sequence[ImageRecord], batches: list[list[int]], score_threshold: float, workers: int
+) -> Iterator[DetectedBatch]:
+    pre = detector.spec.preprocessing
+    images = EvaluationImages(records, detector.spec.image_size, pre.pixel_scale, pre.pixel_offset)
+    loader = torch.utils.data.DataLoader(images, batch_sampler=batches, num_workers=workers, collate_fn=collate_list)
+    for batch in raise_unreadable(loader):
+        # detect_arrays() in two halves, the preprocessing having run in the loader's workers.
+        codes, logits = detector.predict_raw(np.stack([item[2] for item in batch]))
+        outputs = detector.postprocess(codes, logits, [item[3] for item in batch], score_threshold=score_threshold)
+        yield [(item[0], item[1], item[4]) for item in batch], outputs
+
+
+def _detect_on_device(
+    detector: Detector, records: Sequence[ImageRecord], batches: list[list[int]], score_threshold: float, workers: int
+) -> Iterator[DetectedBatch]:
+    """The same on :mod:`detector.gpu`'s pipeline: a JPEG is decoded on the device where :func:`read_rgb` would
+    take its pixels as they are (colour, upright, of the annotated size); every other image, and one the device
+    fails, goes through :func:`read_rgb` (its notes, its :class:`DatasetError`, which stops the evaluation)."""
+    from detector.gpu.jpeg import Prepared, device_jpeg
+    from detector.gpu.pipeline import GpuPipeline
+
+    notes: dict[int, list[str]] = {}
+
+    def prepare(position: int) -> Prepared:
+        record = records[position]
+        size = (record.width, record.height)
+
+        def on_cpu() -> np.ndarray:
+            array, notes[position] = read_rgb(record.path, size)
+            return array
+
+        try:
+            data = bytearray(record.path.read_bytes())
+        except OSError:
+            return on_cpu()
+        encoded = device_jpeg(data, on_cpu)
+        if encoded is None or encoded.mode != "RGB" or (encoded.width, encoded.height) != size:
+            return on_cpu()
+        return encoded
+
+    pipeline = GpuPipeline(detector, readers=workers, autotune=True)
+    outcomes = pipeline.run(batches, prepare, score_threshold=score_threshold)
+    for positions, batch in zip(batches, outcomes, strict=True):
+        outputs = []
+        for outcome in batch:
+            if outcome.detections is None:
+                raise outcome.error or DatasetError("an image went missing in the GPU pipeline")
+            outputs.append(outcome.detections)
+        yield [(p, records[p].image_id, notes.pop(p, [])) for p in positions], outputs
 
 
 def coco_evaluate(

@@ -10,7 +10,9 @@ sees slightly different (shifted, differently blurred) inputs at inference.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 from torchvision import tv_tensors
@@ -21,6 +23,27 @@ from detector.errors import DatasetError
 from detector.preprocess import preprocess, resize_bilinear_legacy
 from detector.training.coco import CocoDataset, ImageRecord, read_rgb
 from detector.training.config import AUGMENTATIONS, Augmentation
+
+Batch = TypeVar("Batch")
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """An image of the data set that cannot be read: what the datasets below return instead of raising, because a
+    DataLoader worker's exception comes back with the worker's whole traceback in its message. The loop over the
+    batches raises it as the one-line :class:`DatasetError` it is (:func:`raise_unreadable`)."""
+
+    reason: str
+
+
+def raise_unreadable(batches: Iterable[Batch]) -> Iterator[Batch]:
+    """The batches of a DataLoader over :class:`TrainingSet` or :class:`EvaluationImages`; raises
+    :class:`DatasetError` naming the first image that could not be read."""
+    for batch in batches:
+        failed = [item for item in (batch if isinstance(batch, list) else [batch]) if isinstance(item, Unreadable)]
+        if failed:
+            raise DatasetError(failed[0].reason)
+        yield batch
 
 
 def ssd_augmentation(
@@ -68,9 +91,12 @@ class TrainingSet(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]] | Unreadable:
         record = self.records[i]
-        array, notes = read_rgb(record.path, (record.width, record.height))
+        try:
+            array, notes = read_rgb(record.path, (record.width, record.height))
+        except DatasetError as exc:
+            return Unreadable(str(exc))
         image = tv_tensors.Image(torch.from_numpy(array).permute(2, 0, 1))
         boxes = tv_tensors.BoundingBoxes(
             torch.from_numpy(record.boxes), format="XYXY", canvas_size=(record.height, record.width)
@@ -92,8 +118,12 @@ def to_network_input(image: torch.Tensor, boxes: torch.Tensor, image_size: int) 
     return pixels.contiguous(), boxes.as_subclass(torch.Tensor).to(torch.float32) / scale
 
 
-def collate_training(batch) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]], Counter]:
-    """Stack images; keep per-image targets as a list; count the read notes of the batch."""
+def collate_training(batch) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]], Counter] | Unreadable:
+    """Stack images; keep per-image targets as a list; count the read notes of the batch (or pass on the first
+    :class:`Unreadable` image)."""
+    unreadable = [item for item in batch if isinstance(item, Unreadable)]
+    if unreadable:
+        return unreadable[0]
     images = torch.stack([item[0] for item in batch])
     targets = [{"boxes": item[1], "labels": item[2]} for item in batch]
     notes = Counter(note for item in batch for note in item[3])
@@ -101,7 +131,8 @@ def collate_training(batch) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]
 
 
 class EvaluationImages(torch.utils.data.Dataset):
-    """``(position, image_id, network input (3, S, S), (height, width), notes)`` for the images of a data set.
+    """``(position, image_id, network input (3, S, S), (height, width), notes)`` for the images of a data set
+    (:class:`Unreadable` for an image that cannot be read).
 
     Reading and the inference preprocessing (:func:`detector.preprocess.preprocess`, per image, so batching does not
     change a pixel) run here, in the DataLoader's workers, leaving the main process to the network.
@@ -122,9 +153,12 @@ class EvaluationImages(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, i: int) -> tuple[int, int, torch.Tensor, tuple[int, int], list[str]]:
+    def __getitem__(self, i: int) -> tuple[int, int, torch.Tensor, tuple[int, int], list[str]] | Unreadable:
         record = self.records[i]
-        array, notes = read_rgb(record.path, (record.width, record.height))
+        try:
+            array, notes = read_rgb(record.path, (record.width, record.height))
+        except DatasetError as exc:
+            return Unreadable(str(exc))
         pixels = preprocess([array], self.image_size, self.pixel_scale, self.pixel_offset)[0]
         return i, record.image_id, pixels, (array.shape[0], array.shape[1]), notes
 

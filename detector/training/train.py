@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from detector.errors import DetectorError
+from detector.errors import DetectorError, WeightsError
 from detector.inference import Detector
 from detector.model import SSDLite
 from detector.spec import ModelSpec
@@ -46,8 +46,8 @@ from detector.training.distributed import World, barrier, gather_to_main, init_d
 from detector.training.evaluate import evaluate
 from detector.training.initialization import build_training_model
 from detector.training.loss import ssd_loss
-from detector.training.pipeline import TrainingSet, collate_training
-from detector.weights import build_model, save_weights
+from detector.training.pipeline import TrainingSet, collate_training, raise_unreadable
+from detector.weights import build_model, check_state_dict, save_weights
 
 WEIGHTS_FILE = "model.safetensors"
 LOG_FILE = "train_log.csv"
@@ -185,12 +185,16 @@ def setup_run(config: TrainConfig, world: World) -> TrainingRun:
         val_data = load_dataset(config.val_images, config.val_annotations, for_training=False, log=log)
     labels = train_data.labels()
     if checkpoint is not None:
-        spec = ModelSpec.from_json(checkpoint["spec"])
+        try:
+            spec = ModelSpec.from_json(checkpoint["spec"])
+        except WeightsError as exc:
+            raise WeightsError(f"{config.resume}: {exc}") from None
         if spec.labels != labels:
             raise DetectorError(
                 f"cannot resume: the checkpoint's labels {spec.labels[1:]} differ from the data set's {labels[1:]}"
             )
         model = build_model(spec)
+        check_state_dict(model, checkpoint["model"], source=str(config.resume))
         model.load_state_dict(checkpoint["model"])
         log(f"resuming from {config.resume} after epoch {checkpoint['epoch']}")
     else:
@@ -227,10 +231,17 @@ def setup_run(config: TrainConfig, world: World) -> TrainingRun:
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
     start_epoch, history = 0, []
     if checkpoint is not None:
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        scaler.load_state_dict(checkpoint["scaler"])
-        set_rng_state(checkpoint["rng"][world.rank] if world.rank < len(checkpoint["rng"]) else checkpoint["rng"][0])
+        try:
+            optimizer.load_state_dict(checkpoint["optimizer"])
+            scheduler.load_state_dict(checkpoint["scheduler"])
+            scaler.load_state_dict(checkpoint["scaler"])
+            rng = checkpoint["rng"]
+            set_rng_state(rng[world.rank] if world.rank < len(rng) else rng[0])
+        except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as exc:
+            # torch's load_state_dict methods refuse a state of another optimizer or shape in these words.
+            raise WeightsError(
+                f"{config.resume}: cannot resume from this checkpoint (another --optimizer, or damaged): {exc}"
+            ) from None
         start_epoch, history = checkpoint["epoch"], list(checkpoint["history"])
     return TrainingRun(
         config=config,
@@ -274,7 +285,7 @@ def train_one_epoch(run: TrainingRun, epoch: int) -> tuple[list[float], Counter]
     read_notes: Counter = Counter()
     anchors = run.model.anchors.to(device)
     bar = tqdm(
-        loader,
+        raise_unreadable(loader),
         total=run.steps_per_epoch,
         desc=f"epoch {epoch + 1}/{config.epochs}",
         unit="batch",

@@ -67,6 +67,7 @@ def running_service(env: dict[str, str] | None = None, timeout_s: float = 120.0)
     port = free_port()
     log_file = tempfile.NamedTemporaryFile(prefix="detector-service-", suffix=".log", delete=False)  # noqa: SIM115
     full_env = {**os.environ, "DETECTOR_HOST": "127.0.0.1", "DETECTOR_PORT": str(port), "DETECTOR_DRAIN_DELAY_S": "0"}
+    full_env["DETECTOR_GRPC_PORT"] = "0"  # gRPC off unless asked for: several services would all want port 8001
     full_env.update(env or {})
     process = subprocess.Popen(
         [sys.executable, "-m", "api"], cwd=ROOT, env=full_env, stdout=log_file, stderr=subprocess.STDOUT

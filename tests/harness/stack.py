@@ -33,14 +33,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from api.testing.live import free_ports
+from tests.harness.live import free_ports
 
 ROOT = Path(__file__).resolve().parents[2]
 NGINX_TEMPLATE = ROOT / "docker" / "nginx.conf.template"
 NGINX_REPLICAS = ROOT / "docker" / "nginx-replicas.conf"
+NGINX_GRPC_TEMPLATE = ROOT / "docker" / "nginx-grpc.conf.template"
+NGINX_GRPC_REPLICAS = ROOT / "docker" / "nginx-replicas-grpc.conf"
 MEDIA_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png"}
 # One torch thread per replica, as docker-compose.yml runs them.
-REPLICA_ENV = {"DETECTOR_THREADS": "1"}
+# gRPC off: the replicas share the host (and would all want port 8001); tests/test_protocol_grpc.py covers it.
+REPLICA_ENV = {"DETECTOR_THREADS": "1", "DETECTOR_GRPC_PORT": "0"}
 
 
 def http_status(url: str, timeout: float = 2.0) -> int | None:
@@ -67,28 +70,50 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.1) -> f
 # --- nginx ------------------------------------------------------------------------------------------------------
 
 
-def render_nginx_config(directory: Path, listen_port: int, replica_ports: Sequence[int], max_body_bytes: int) -> Path:
-    """Write nginx.conf (the template, rendered like the nginx image's envsubst) and its replica list.
+def _rendered(template: Path, values: dict[str, str]) -> str:
+    """``template`` with its ``${NAME}`` filled in, as the nginx image's envsubst does."""
+    text = template.read_text()
+    for name, value in values.items():
+        text = text.replace("${" + name + "}", value)
+    if unfilled := re.findall(r"\$\{\w+\}", text):
+        raise ValueError(f"{template.name}: no value for {sorted(set(unfilled))}")
+    return text
+
+
+def _replica_lines(replicas: Path, compose_address: str, ports: Sequence[int]) -> str:
+    """``server`` lines for loopback ``ports`` with the parameters of ``replicas``' line for ``compose_address``."""
+    match = re.search(rf"^\s*server\s+{re.escape(compose_address)}\s+(.*);", replicas.read_text(), re.MULTILINE)
+    if match is None:
+        raise ValueError(f"{replicas}: no `server {compose_address} ...;` line")
+    parameters = " ".join(p for p in match.group(1).split() if p != "resolve")
+    return "".join(f"server 127.0.0.1:{port} {parameters};\n" for port in ports)
+
+
+def render_nginx_config(
+    directory: Path,
+    listen_port: int,
+    replica_ports: Sequence[int],
+    max_body_bytes: int,
+    *,
+    grpc_listen_port: int | None = None,
+    grpc_replica_ports: Sequence[int] = (),
+) -> Path:
+    """Write nginx.conf (the template, rendered like the nginx image's envsubst) and its replica list; with
+    ``grpc_listen_port``, also the gRPC front (docker/nginx-grpc.conf.template) to ``grpc_replica_ports``.
 
     The replica lines keep the parameters of docker/nginx-replicas.conf (passive failure detection), with loopback
     addresses instead of Compose's ``api`` name and without ``resolve`` (nothing to re-resolve here).
     """
     values = {"NGINX_PORT": f"127.0.0.1:{listen_port}", "DETECTOR_MAX_BODY_BYTES": str(max_body_bytes)}
-    text = NGINX_TEMPLATE.read_text()
-    for name, value in values.items():
-        text = text.replace("${" + name + "}", value)
-    if unfilled := re.findall(r"\$\{\w+\}", text):
-        raise ValueError(f"{NGINX_TEMPLATE.name}: no value for {sorted(set(unfilled))}")
-    match = re.search(r"^\s*server\s+api:8000\s+(.*);", NGINX_REPLICAS.read_text(), re.MULTILINE)
-    if match is None:
-        raise ValueError(f"{NGINX_REPLICAS}: no `server api:8000 ...;` line")
-    parameters = " ".join(p for p in match.group(1).split() if p != "resolve")
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "detector-replicas.conf").write_text(
-        "".join(f"server 127.0.0.1:{port} {parameters};\n" for port in replica_ports)
-    )
+    (directory / "detector-replicas.conf").write_text(_replica_lines(NGINX_REPLICAS, "api:8000", replica_ports))
+    if grpc_listen_port is not None:
+        grpc = _rendered(NGINX_GRPC_TEMPLATE, {"NGINX_GRPC_PORT": f"127.0.0.1:{grpc_listen_port}"})
+        (directory / "detector-grpc.conf").write_text(grpc)
+        replicas = _replica_lines(NGINX_GRPC_REPLICAS, "api:8001", grpc_replica_ports)
+        (directory / "detector-replicas-grpc.conf").write_text(replicas)
     config = directory / "nginx.conf"
-    config.write_text(text)
+    config.write_text(_rendered(NGINX_TEMPLATE, values))
     return config
 
 
@@ -99,10 +124,27 @@ def find_nginx() -> str | None:
 class Nginx:
     """nginx in the foreground with the rendered config; its JSON access log goes to ``access.log``."""
 
-    def __init__(self, directory: Path, port: int, replica_ports: Sequence[int], max_body_bytes: int):
+    def __init__(
+        self,
+        directory: Path,
+        port: int,
+        replica_ports: Sequence[int],
+        max_body_bytes: int,
+        *,
+        grpc_port: int | None = None,
+        grpc_replica_ports: Sequence[int] = (),
+    ):
         self.directory = directory
         self.port = port
-        self.config = render_nginx_config(directory, port, replica_ports, max_body_bytes)
+        self.grpc_port = grpc_port
+        self.config = render_nginx_config(
+            directory,
+            port,
+            replica_ports,
+            max_body_bytes,
+            grpc_listen_port=grpc_port,
+            grpc_replica_ports=grpc_replica_ports,
+        )
         self.access_log = directory / "access.log"
         self.process: subprocess.Popen | None = None
 
