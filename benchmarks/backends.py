@@ -92,7 +92,7 @@ def accuracy_controlled_int8(detector: Detector, batches: list[np.ndarray], refe
     except ImportError as exc:
         raise BackendUnavailable(f"needs NNCF: {exc}") from None
     from detector.backends.onnx import cached_onnx
-    from detector.backends.openvino_backend import OpenVinoBackend
+    from detector.backends.openvino_backend import OpenVinoBackend, shared_core
 
     onnx = cached_onnx(detector.model, detector.digest[:16])
     samples = [image[None] for batch in batches for image in batch]
@@ -107,7 +107,7 @@ def accuracy_controlled_int8(detector: Detector, batches: list[np.ndarray], refe
     started = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):
         quantized = nncf.quantize_with_accuracy_control(
-            ov.Core().read_model(str(onnx)),
+            shared_core().read_model(str(onnx)),
             nncf.Dataset(samples),
             nncf.Dataset(samples),
             validate,

@@ -1,5 +1,7 @@
 """Every installed backend against eager PyTorch, ``auto``'s choice, and clean fallback without the engines."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -104,3 +106,28 @@ def test_detector_on_another_backend_detects_the_same(person_detector, photos):
         assert len(got.detections) == len(want.detections)
         for a, b in zip(got.detections, want.detections, strict=True):
             assert a.score == pytest.approx(b.score, abs=1e-4) and np.allclose(a.box, b.box, atol=0.05)
+
+
+_ENGINES_COME_AND_GO = """
+import gc, signal, subprocess, sys
+from detector.backends.openvino_backend import OpenVinoBackend
+first, second = OpenVinoBackend(sys.argv[1]), OpenVinoBackend(sys.argv[1])
+del first; gc.collect()   # lives that overlap without nesting
+del second; gc.collect()
+signal.signal(signal.SIGCHLD, lambda *_: None)  # any Python handler runs on the thread's alternate signal stack
+subprocess.run([sys.executable, "-c", "pass"], check=True)
+print("alive")
+"""
+
+
+def test_openvino_engines_that_come_and_go_leave_signal_handling_intact(person_detector):
+    """Two raw ``ov.Core``s freed in this order leave the signal stack dangling and the child's SIGCHLD kills the
+    process with SIGSEGV (OpenVINO 2026.4); the backends share one Core, so it survives."""
+    pytest.importorskip("openvino")
+    from detector.backends.onnx import cached_onnx
+
+    onnx = cached_onnx(person_detector.model)
+    done = subprocess.run(
+        [sys.executable, "-c", _ENGINES_COME_AND_GO, str(onnx)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "alive", (done.returncode, done.stderr[-800:])

@@ -13,6 +13,7 @@ detection bar as bf16.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import tempfile
 import threading
@@ -28,20 +29,35 @@ from detector.errors import BackendUnavailable
 from detector.machine import available_cpus
 
 if TYPE_CHECKING:
+    import openvino as ov
+
     from detector.model import SSDLite
 
 Precision = Literal["f32", "f16", "bf16", "int8"]
 PRECISIONS: tuple[Precision, ...] = get_args(Precision)
 
 
+@functools.cache
+def shared_core() -> ov.Core:
+    """The process's one OpenVINO ``Core``, kept until exit.
+
+    Why one: each Core's CPU plugin installs an alternate signal stack on the calling thread when it is created and
+    puts back the one it found when it is destroyed. Cores whose lives overlap without nesting leave the thread's
+    signal stack pointing at freed memory, and the next Python signal handler that runs there (SIGCHLD, SIGTERM)
+    kills the process with SIGSEGV instead (seen with OpenVINO 2026.4: the test suite crashed in
+    ``subprocess.run`` after a few engines had come and gone). One immortal Core creates the plugin once.
+    """
+    import openvino as ov
+
+    return ov.Core()
+
+
 def cpu_supports(precision: Precision) -> bool:
     """Whether OpenVINO's CPU plugin has kernels of ``precision`` here: bf16 needs AVX512-BF16 or AMX, f16
     AVX512-FP16 (f32 and int8 run everywhere)."""
-    import openvino as ov
-
     if precision not in ("bf16", "f16"):
         return True
-    capabilities = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    capabilities = shared_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
     if precision == "f16":
         from detector.machine import cpu_description
 
@@ -78,7 +94,7 @@ class OpenVinoBackend:
         self._version = ov.get_version()
         # int8: the operations left in float (the head's outputs, ...) run in fp32, not the bf16 default.
         hint = precision if precision in ("bf16", "f16") else "f32"
-        self._compiled = ov.Core().compile_model(
+        self._compiled = shared_core().compile_model(
             str(path),
             "CPU",
             {
@@ -129,7 +145,7 @@ def quantized_model(onnx: Path, calibration: Sequence[np.ndarray]) -> Path:
     """
     try:
         import nncf
-        import openvino as ov
+        import openvino  # noqa: F401  (the model is read by shared_core(); asked here for the message below)
     except ImportError:
         raise BackendUnavailable("INT8 quantization needs NNCF: pip install 'ssdlite-detector[int8]'") from None
     images = [np.ascontiguousarray(image, np.float32) for batch in calibration for image in batch]
@@ -142,7 +158,7 @@ def quantized_model(onnx: Path, calibration: Sequence[np.ndarray]) -> Path:
     if found is not None:
         return found
     dataset = nncf.Dataset([image[None] for image in images])
-    quantized = nncf.quantize(ov.Core().read_model(str(onnx)), dataset, subset_size=len(images))
+    quantized = nncf.quantize(shared_core().read_model(str(onnx)), dataset, subset_size=len(images))
     try:
         return _save_quantized(quantized, targets[0])
     except OSError:
