@@ -475,7 +475,8 @@ def test_concurrent_requests_share_forward_passes(fake: FakeDetector) -> None:
         return real_predict(batch)
 
     fake.predict_raw = slow_predict
-    with TestClient(create_app(settings(max_wait_ms=50), detector=fake)) as client:
+    # Room for all six in one pass: with the default of 4, the five that queue behind the first need two.
+    with TestClient(create_app(settings(max_wait_ms=50, max_batch_size=8), detector=fake)) as client:
         statuses: list[int] = []
 
         def post() -> None:
