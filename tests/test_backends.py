@@ -29,9 +29,9 @@ def _detections(detector, backend, photos):
     return detector.postprocess(*backend(batch), sizes, score_threshold=accuracy.CANDIDATE_SCORE)
 
 
-@pytest.mark.parametrize("name", ["onnxruntime", "openvino"])
+@pytest.mark.parametrize("name", ["onnxruntime", "openvino", "litert"])
 def test_fp32_backends_match_eager_within_1e3(person_detector, photos, name):
-    pytest.importorskip(name)
+    pytest.importorskip({"litert": "ai_edge_litert"}.get(name, name))
     backend = build_backend(name, person_detector.model)
     for batch in (check_batch(300, 1), person_detector.preprocess(photos)):
         assert max_abs_diff(person_detector.model_outputs(batch), backend(batch)) <= RAW_TOLERANCE

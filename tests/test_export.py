@@ -1,4 +1,4 @@
-"""Export to ONNX / OpenVINO IR: dynamic batch, checked against eager PyTorch, clean failures."""
+"""Export to ONNX / OpenVINO IR / TFLite: dynamic batch, checked against eager PyTorch, clean failures."""
 
 import numpy as np
 import pytest
@@ -39,6 +39,23 @@ def test_openvino_export_writes_ir_and_matches_eager(tmp_path, model):
     assert report.max_abs_diff <= RAW_TOLERANCE
 
 
+def test_tflite_export_is_nhwc_with_a_dynamic_batch_and_matches_eager(tmp_path, model, capsys):
+    pytest.importorskip("ai_edge_litert")
+    from detector.backends.tflite_export import run_tflite
+
+    out = tmp_path / "person.tflite"
+    assert cli.main(["export", "--format", "tflite", str(out), "--weights", "person"]) == 0
+    assert "(tflite); max abs diff" in capsys.readouterr().out
+    for batch_size in (1, 3):
+        batch = check_batch(model.image_size, batch_size)
+        codes, logits = run_tflite(out, batch)
+        with torch.inference_mode():
+            want_codes, want_logits = model(torch.from_numpy(batch))
+        assert codes.shape == (batch_size, 1917, 4) and logits.shape == (batch_size, 1917, 2)
+        assert np.abs(codes - want_codes.numpy()).max() <= RAW_TOLERANCE
+        assert np.abs(logits - want_logits.numpy()).max() <= RAW_TOLERANCE
+
+
 def test_export_refuses_a_file_that_disagrees_with_eager(tmp_path, model, monkeypatch):
     from detector import export as export_module
 
@@ -59,6 +76,6 @@ def test_export_refuses_a_file_that_disagrees_with_eager(tmp_path, model, monkey
 
 def test_export_user_errors_are_one_line(tmp_path, model, capsys):
     with pytest.raises(ExportError, match="unknown export format"):
-        export(model, tmp_path / "x", format="tflite")
+        export(model, tmp_path / "x", format="coreml")  # type: ignore[arg-type]
     assert cli.main(["export", "--format", "onnx", "/proc/no/such/dir/x.onnx"]) == cli.EXIT_FAILED
     assert capsys.readouterr().err.startswith("detector: error: cannot write")

@@ -11,7 +11,7 @@ from typing import Literal, Protocol, get_args
 import numpy as np
 
 BackendName = Literal[
-    "torch", "torch-fp16", "onnxruntime", "openvino", "openvino-fp16", "openvino-bf16", "openvino-int8"
+    "torch", "torch-fp16", "onnxruntime", "openvino", "openvino-fp16", "openvino-bf16", "openvino-int8", "litert"
 ]
 BACKEND_NAMES: tuple[BackendName, ...] = get_args(BackendName)
 # What a caller may ask for: a backend by name, or ``auto`` (detector.backends.selection).

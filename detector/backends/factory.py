@@ -1,6 +1,6 @@
 """Building backends by name: a plain function that imports only the engine asked for.
 
-:func:`build_backend` builds from the network in memory (exporting it to ONNX on first use);
+:func:`build_backend` builds from the network in memory (exporting it to ONNX, or TFLite for litert, on first use);
 :func:`build_from_export` builds from the cached export of a weights file alone, for a process that serves without
 torch (the export was made when the backend was first chosen, e.g. by ``make install``).
 """
@@ -15,6 +15,7 @@ import numpy as np
 
 from detector.backends.base import BACKEND_NAMES, Backend
 from detector.backends.onnx import discard_export, find_onnx
+from detector.backends.tflite_export import find_tflite
 from detector.errors import BackendUnavailable
 
 if TYPE_CHECKING:
@@ -22,8 +23,8 @@ if TYPE_CHECKING:
 
     from detector.model import SSDLite
 
-# The backends that run the cached ONNX export as it is (no network in memory needed).
-FROM_EXPORT = ("onnxruntime", "openvino", "openvino-fp16", "openvino-bf16")
+# The backends that run a cached export as it is (no network in memory needed): ONNX, or TFLite for litert.
+FROM_EXPORT = ("onnxruntime", "openvino", "openvino-fp16", "openvino-bf16", "litert")
 OPENVINO_PRECISIONS: dict[str, Literal["f32", "f16", "bf16", "int8"]] = {
     "openvino": "f32",
     "openvino-fp16": "f16",
@@ -64,6 +65,10 @@ def build_backend(
         from detector.backends.onnxruntime_backend import OnnxRuntimeBackend
 
         return OnnxRuntimeBackend.for_model(model, key=key, threads=threads)
+    if name == "litert":
+        from detector.backends.litert_backend import LiteRtBackend
+
+        return LiteRtBackend.for_model(model, key=key, threads=threads)
     if name in OPENVINO_PRECISIONS:
         from detector.backends.openvino_backend import OpenVinoBackend
 
@@ -75,19 +80,25 @@ def build_backend(
 def build_from_export(
     name: str, key: str, *, threads: int | None = None, model_file: str | Path | None = None
 ) -> Backend | None:
-    """Backend ``name`` on the cached ONNX export ``key`` without the network in memory (so without torch); None
-    where there is no export yet, the backend needs the network (torch), or the engine cannot load the export (a
-    corrupt file: removed, so that building from the network exports it again). ``model_file``: the engine file measured
-    for it (for int8, the quantized model; used where it still exists)."""
+    """Backend ``name`` on the cached export ``key`` (ONNX; TFLite for litert) without the network in memory (so
+    without torch); None where there is no export yet, the backend needs the network (torch), or the engine cannot
+    load the export (a corrupt file: removed, so that building from the network exports it again). ``model_file``:
+    the engine file measured for it (for int8, the quantized model; used where it still exists)."""
     if name == "openvino-int8":
         path = Path(model_file) if model_file else None
         if path is None or not (path.is_file() and path.with_suffix(".bin").is_file()):
             return None
+    elif name == "litert":
+        path = find_tflite(key)
     else:
         path = find_onnx(key) if name in FROM_EXPORT else None
     if path is None:
         return None
     try:
+        if name == "litert":
+            from detector.backends.litert_backend import LiteRtBackend
+
+            return LiteRtBackend(path, threads=threads)
         if name == "onnxruntime":
             from detector.backends.onnxruntime_backend import OnnxRuntimeBackend
 

@@ -15,6 +15,7 @@ in a child process; ``detector backends`` calls :func:`measure` directly and pri
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import sys
@@ -49,13 +50,14 @@ def candidate_names(device: str = "cpu") -> list[str]:
     on the CPU is 2× slower than either fp32 engine: it is the fallback, not a candidate)."""
     if str(device).startswith("cuda"):
         return ["torch", "torch-fp16"]
-    return ["onnxruntime", "openvino", "openvino-fp16", "openvino-bf16", "openvino-int8"]
+    return ["onnxruntime", "openvino", "litert", "openvino-fp16", "openvino-bf16", "openvino-int8"]
 
 
 @dataclass
 class Workbench:
     """What measuring one weights file needs: its spec, its ONNX export (None on a GPU), a way to load the network
-    (torch; only called where needed), the check photographs and where they came from."""
+    (torch; only called where needed), the check photographs and where they came from, and its TFLite export (None
+    on a GPU, or why it is missing)."""
 
     spec: ModelSpec
     onnx: Path | None
@@ -63,6 +65,7 @@ class Workbench:
     images: Mapping[str, np.ndarray]
     device: str = "cpu"
     threads: int | None = None
+    tflite: Path | str | None = None
 
 
 def _time_ms(backend: Backend, batch: np.ndarray, repeats: int = 3) -> float:
@@ -90,6 +93,12 @@ def _reference(bench: Workbench) -> Backend:
 
 def _build(name: str, bench: Workbench, calibration: Sequence[np.ndarray]) -> Backend:
     """Engine ``name`` on the export where it runs one (int8: quantized from it), else from the network."""
+    if bench.onnx is not None and name == "litert":
+        from detector.backends.litert_backend import LiteRtBackend
+
+        if not isinstance(bench.tflite, Path):
+            raise BackendUnavailable(bench.tflite or "no TFLite export")
+        return LiteRtBackend(bench.tflite, threads=bench.threads)
     if bench.onnx is not None and name in (
         "onnxruntime",
         "openvino",
@@ -244,8 +253,9 @@ def measure(bench: Workbench, names: Sequence[str] | None = None, *, annotated: 
 def workbench(
     weights: Path, *, device: str = "cpu", threads: int | None = None, images: Mapping[str, np.ndarray] | None = None
 ) -> Workbench:
-    """A workbench for ``weights``: exports the network to ONNX first where the export is missing (needs torch);
-    ``images`` default to :func:`detector.samples.check_images` (none where they cannot be had, with a warning)."""
+    """A workbench for ``weights``: exports the network to ONNX first where the export is missing (needs torch), and
+    to TFLite where LiteRT is installed; ``images`` default to :func:`detector.samples.check_images` (none where
+    they cannot be had, with a warning)."""
     from detector.cache import file_digest
     from detector.weights import read_spec
 
@@ -268,6 +278,7 @@ def workbench(
             from detector.backends.onnx import cached_onnx
 
             onnx = cached_onnx(load_network(), key)
+    tflite = _tflite_export(key, load_network) if onnx is not None else None  # None on a GPU, like onnx
     if images is None:
         try:
             from detector.samples import check_images
@@ -276,7 +287,22 @@ def workbench(
         except (OSError, DetectorError, RuntimeError, ValueError) as exc:  # no photographs here (no network, say)
             log.warning("no check photographs (%s): reduced precision is not considered", exc)
             images = {}
-    return Workbench(spec, onnx, load_network, images, device, threads)
+    return Workbench(spec, onnx, load_network, images, device, threads, tflite)
+
+
+def _tflite_export(key: str, load_network: Callable[[], SSDLite]) -> Path | str:
+    """The cached TFLite export of ``key``, written now where it is missing; else why it cannot be had (litert is
+    then measured as unavailable, with that reason)."""
+    from detector.backends.tflite_export import INSTALL_HINT, cached_tflite, find_tflite
+
+    if importlib.util.find_spec("ai_edge_litert") is None:
+        return INSTALL_HINT
+    try:
+        return find_tflite(key) or cached_tflite(load_network(), key)
+    except DetectorError as exc:
+        return f"no TFLite export: {exc}"
+    except ImportError as exc:  # no torch (the lean image) and no export made where it was
+        return f"no TFLite export, and writing one needs torch: {exc}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -88,7 +88,7 @@ def find_onnx(key: str) -> Path | None:
     """The cached ONNX export of ``key``, if one was made and is intact (a corrupt one is removed)."""
     for path in export_paths(key):
         if path.is_file():
-            if _matches_its_digest(path):
+            if matches_its_digest(path):
                 return path
             discard_export(path, "its SHA-256 differs from the one noted when it was exported")
     return None
@@ -98,7 +98,8 @@ def _digest_path(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
 
 
-def _matches_its_digest(path: Path) -> bool:
+def matches_its_digest(path: Path) -> bool:
+    """Whether ``path`` still has the SHA-256 noted beside it when it was exported (a bit flipped, or cut short: no)."""
     try:
         noted = _digest_path(path).read_text().strip()
     except OSError:
@@ -141,12 +142,13 @@ def cached_onnx(model: SSDLite, key: str | None = None) -> Path:
     preferred, fallback = export_paths(key)
     data = onnx_bytes(model)
     try:
-        return _write_export(preferred, data)
+        return write_export(preferred, data)
     except OSError:
-        return _write_export(fallback, data)
+        return write_export(fallback, data)
 
 
-def _write_export(path: Path, data: bytes) -> Path:
+def write_export(path: Path, data: bytes) -> Path:
+    """Write an export and the SHA-256 noted beside it, each atomically; returns ``path``."""
     # The digest first: a reader that finds the export finds its digest (a stale one fails it: exported again).
     write_atomic(_digest_path(path), hashlib.sha256(data).hexdigest() + "\n")
     return write_atomic(path, data)

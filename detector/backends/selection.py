@@ -56,6 +56,7 @@ ENGINE_PRECISION: dict[str, str] = {
     "openvino-fp16": "fp16",
     "openvino-bf16": "bf16",
     "openvino-int8": "int8",
+    "litert": "fp32",
 }
 REFERENCE_REASON = "eager PyTorch fp32, the reference"
 
@@ -157,6 +158,7 @@ def machine_fingerprint(device: str = "cpu") -> dict[str, str]:
         "onnxruntime": _version("onnxruntime"),
         "openvino": _version("openvino"),
         "nncf": _version("nncf"),
+        "ai-edge-litert": _version("ai-edge-litert"),
     }
     if _is_cuda(device):
         import torch

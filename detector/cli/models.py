@@ -262,15 +262,15 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_backends(args: argparse.Namespace) -> int:
-    from detector.backends.measure import measure, workbench
-    from detector.backends.selection import rank, remember
+    from detector.backends.measure import candidate_names, measure, workbench
+    from detector.backends.selection import ENGINE_PRECISION, rank, remember
     from detector.cache import file_digest
     from detector.images import load_image
 
     weights = installed_weights(args.weights)
     photos = {str(path): load_image(path) for path in args.check_images} if args.check_images else None
     bench = workbench(weights, images=photos)
-    names = None if args.precision == "fast" else ["onnxruntime", "openvino"]
+    names = None if args.precision == "fast" else [n for n in candidate_names() if ENGINE_PRECISION[n] == "fp32"]
     table = measure(bench, names, annotated=True)
     remember(table, bench.spec, file_digest(weights), device="cpu")
     choice = rank(table, args.precision)
