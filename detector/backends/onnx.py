@@ -16,12 +16,14 @@ against 14 s for the dynamo exporter, and gives the same graph for a fixed-size 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import io
 import logging
 import tempfile
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -86,7 +88,12 @@ def export_paths(key: str) -> list[Path]:
 
 def find_onnx(key: str) -> Path | None:
     """The cached ONNX export of ``key``, if one was made and is intact (a corrupt one is removed)."""
-    for path in export_paths(key):
+    return find_intact(export_paths(key))
+
+
+def find_intact(paths: Sequence[Path]) -> Path | None:
+    """The first of ``paths`` (an export's places, in order) that exists and is intact; a corrupt one is removed."""
+    for path in paths:
         if path.is_file():
             if matches_its_digest(path):
                 return path
@@ -139,12 +146,16 @@ def cached_onnx(model: SSDLite, key: str | None = None) -> Path:
     found = find_onnx(key)
     if found is not None:
         return found
-    preferred, fallback = export_paths(key)
-    data = onnx_bytes(model)
-    try:
-        return write_export(preferred, data)
-    except OSError:
-        return write_export(fallback, data)
+    return write_export_first_writable(export_paths(key), onnx_bytes(model))
+
+
+def write_export_first_writable(paths: Sequence[Path], data: bytes) -> Path:
+    """Write an export to the first of ``paths`` (the cache, then the temporary directory) that takes it."""
+    *preferred, last = paths
+    for path in preferred:
+        with contextlib.suppress(OSError):
+            return write_export(path, data)
+    return write_export(last, data)
 
 
 def write_export(path: Path, data: bytes) -> Path:

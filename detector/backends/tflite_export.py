@@ -26,12 +26,11 @@ from detector.backends.onnx import (
     OUTPUT_NAMES,
     RAW_TOLERANCE,
     check_batch,
-    discard_export,
     export_paths,
-    matches_its_digest,
+    find_intact,
     max_abs_diff,
     model_key,
-    write_export,
+    write_export_first_writable,
 )
 from detector.errors import BackendUnavailable, ExportError
 
@@ -51,12 +50,7 @@ def tflite_paths(key: str) -> list[Path]:
 
 def find_tflite(key: str) -> Path | None:
     """The cached TFLite export of ``key``, if one was made and is intact (a corrupt one is removed)."""
-    for path in tflite_paths(key):
-        if path.is_file():
-            if matches_its_digest(path):
-                return path
-            discard_export(path, "its SHA-256 differs from the one noted when it was exported")
-    return None
+    return find_intact(tflite_paths(key))
 
 
 def cached_tflite(model: SSDLite, key: str | None = None) -> Path:
@@ -74,12 +68,7 @@ def cached_tflite(model: SSDLite, key: str | None = None) -> Path:
     found = find_tflite(key)
     if found is not None:
         return found
-    preferred, fallback = tflite_paths(key)
-    data = tflite_bytes(model)
-    try:
-        path = write_export(preferred, data)
-    except OSError:
-        path = write_export(fallback, data)
+    path = write_export_first_writable(tflite_paths(key), tflite_bytes(model))
     _check_against_eager(model, path)
     return path
 
