@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import glob
 import os
-import queue
-import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -27,6 +25,7 @@ import numpy as np
 
 from detector.errors import DetectorError
 from detector.images import load_image
+from detector.prefetch import Prefetched
 from detector.video import VIDEO_SUFFIXES, VideoFrame, VideoInfo, VideoReader, is_video
 
 # What a folder's walk picks up besides videos: what Pillow reads and photographs come as.
@@ -226,73 +225,19 @@ def read_units(
                 yield ImageBatch([_decode_image(source) for source in unit.sources])
         return
     with ThreadPoolExecutor(workers, thread_name_prefix="decode") as pool:
-        yield from _Prefetcher(units, pool, fps=fps, batch_size=batch_size, depth=prefetch)
 
-
-class _Prefetcher:
-    """A producer thread turning units into events ahead of the consumer; a bounded queue holds them.
-
-    Image batches travel as futures (decoding in the pool) and are resolved when consumed, so the queue's bound
-    also bounds the decoded pixels held in memory.
-    """
-
-    _DONE = object()
-
-    def __init__(
-        self, units: Iterable[Unit], pool: ThreadPoolExecutor, *, fps: float | None, batch_size: int, depth: int
-    ):
-        self._queue: queue.Queue[object] = queue.Queue(maxsize=depth)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(
-            target=self._produce, args=(units, pool, fps, batch_size), name="prefetch", daemon=True
-        )
-        self._thread.start()
-
-    def _put(self, item: object) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _produce(self, units: Iterable[Unit], pool: ThreadPoolExecutor, fps: float | None, batch_size: int) -> None:
-        try:
+        def ahead() -> Iterator[Event | list[Future[Decoded]]]:
+            # Image batches travel as futures (decoding in the pool) and are resolved when consumed, so the queue's
+            # bound also bounds the decoded pixels held in memory.
             for unit in units:
-                events: Iterable[object]
                 if unit.kind == "video":
-                    events = _video_events(unit.sources[0], fps, batch_size)
+                    yield from _video_events(unit.sources[0], fps, batch_size)
                 else:
-                    events = [[pool.submit(_decode_image, source) for source in unit.sources]]
-                for event in events:
-                    if not self._put(event):
-                        return
-            self._put(self._DONE)
-        except BaseException as exc:  # handed to the consumer, which raises it
-            self._put(exc)
+                    yield [pool.submit(_decode_image, source) for source in unit.sources]
 
-    def __iter__(self) -> Iterator[Event]:
-        try:
-            while True:
-                item = self._queue.get()
-                if item is self._DONE:
-                    return
-                if isinstance(item, BaseException):
-                    raise item
-                if isinstance(item, list):
-                    futures: list[Future[Decoded]] = item
-                    yield ImageBatch([future.result() for future in futures])
-                else:
-                    yield _as_event(item)
-        finally:
-            self._stop.set()
-            self._thread.join()
-
-
-def _as_event(item: object) -> Event:
-    assert isinstance(item, (ImageBatch, VideoOpened, FrameBatch, VideoClosed))
-    return item
+        with Prefetched(ahead, depth=prefetch, name="prefetch") as events:
+            for event in events:
+                yield ImageBatch([future.result() for future in event]) if isinstance(event, list) else event
 
 
 def count_images(units: Iterable[Unit], skip: Callable[[Source], bool]) -> int:

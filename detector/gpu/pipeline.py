@@ -22,8 +22,6 @@ import contextlib
 import copy
 import dataclasses
 import logging
-import queue
-import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -42,6 +40,7 @@ from detector.gpu.resize import preprocess_images
 from detector.images import ImageInput
 from detector.inference import Detector
 from detector.postprocess import reported_classes, to_image_detections
+from detector.prefetch import Prefetched
 from detector.results import ImageDetections, ModelInfo
 
 _log = logging.getLogger(__name__)
@@ -288,12 +287,27 @@ class GpuPipeline:
         encoded images); a :class:`DetectorError` it raises becomes that item's outcome, anything else stops the run.
         """
         with ThreadPoolExecutor(self.readers, thread_name_prefix="read") as pool:
-            stager = _Stager(self, batches, prepare, pool, keep_pixels)
-            try:
-                for staged in stager:
-                    yield self._finish(staged, score_threshold, max_detections)
-            finally:
-                stager.close()
+
+            def staged_batches() -> Iterator[_Staged]:
+                # Batches are read ``prefetch`` + 1 ahead in the pool, and staged in order in the producer thread.
+                pending: deque[list[Future[Prepared | DetectorError]]] = deque()
+                source = iter(batches)
+
+                def read_ahead() -> None:
+                    batch = next(source, None)
+                    if batch is not None:
+                        pending.append([pool.submit(_prepare_one, prepare, item) for item in batch])
+
+                for _ in range(self.prefetch + 1):
+                    read_ahead()
+                while pending:
+                    futures = pending.popleft()
+                    read_ahead()
+                    yield self._stage([future.result() for future in futures], keep_pixels)
+
+            with Prefetched(staged_batches, depth=self.prefetch, name="stage") as staged:
+                for batch in staged:
+                    yield self._finish(batch, score_threshold, max_detections)
 
     @torch.inference_mode()
     def _stage(self, prepared: Sequence[Prepared | DetectorError], keep_pixels: bool) -> _Staged:
@@ -332,77 +346,3 @@ def _prepare_one(prepare: Callable[[T], Prepared], item: T) -> Prepared | Detect
         return prepare(item)
     except DetectorError as exc:
         return exc
-
-
-class _Stager:
-    """The staging thread: reads batches ahead in the reader pool, stages them in order, hands them over through a
-    bounded queue (``prefetch`` batches); an exception other than a :class:`DetectorError` is handed over too."""
-
-    _DONE = object()
-
-    def __init__(
-        self,
-        pipeline: GpuPipeline,
-        batches: Iterable[Sequence[T]],
-        prepare: Callable[[T], Prepared],
-        pool: ThreadPoolExecutor,
-        keep_pixels: bool,
-    ):
-        self._queue: queue.Queue[object] = queue.Queue(maxsize=pipeline.prefetch)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(
-            target=self._work, args=(pipeline, batches, prepare, pool, keep_pixels), name="stage", daemon=True
-        )
-        self._thread.start()
-
-    def _put(self, item: object) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _work(
-        self,
-        pipeline: GpuPipeline,
-        batches: Iterable[Sequence[T]],
-        prepare: Callable[[T], Prepared],
-        pool: ThreadPoolExecutor,
-        keep_pixels: bool,
-    ) -> None:
-        try:
-            pending: deque[list[Future[Prepared | DetectorError]]] = deque()
-            source = iter(batches)
-
-            def read_ahead() -> None:
-                batch = next(source, None)
-                if batch is not None:
-                    pending.append([pool.submit(_prepare_one, prepare, item) for item in batch])
-
-            for _ in range(pipeline.prefetch + 1):
-                read_ahead()
-            while pending and not self._stop.is_set():
-                futures = pending.popleft()
-                read_ahead()
-                staged = pipeline._stage([future.result() for future in futures], keep_pixels)
-                if not self._put(staged):
-                    return
-            self._put(self._DONE)
-        except BaseException as exc:  # handed to the consumer, which raises it
-            self._put(exc)
-
-    def __iter__(self) -> Iterator[_Staged]:
-        while True:
-            item = self._queue.get()
-            if item is self._DONE:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            assert isinstance(item, _Staged)
-            yield item
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
