@@ -88,3 +88,22 @@ def tfjs_runner():
     runner.install_runner()
     fetch_coco_ssd(runner.MODEL_DIR)
     return runner
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory) -> Path:
+    """A tiny random model's weights (tests/fuzz/targets.py), for runs where detections do not matter."""
+    from tests.fuzz.targets import tiny_weights
+
+    return tiny_weights(tmp_path_factory.mktemp("tiny") / "tiny.safetensors")
+
+
+@pytest.fixture
+def torch_one_thread():
+    """Torch on one thread for the test: on a shared machine more only wait for each other."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -29,22 +29,10 @@ from detector.samples import photo
 from detector.spec import ModelSpec
 from detector.training.checkpoint import load_checkpoint
 from detector.weights import METADATA_KEY, read_spec
-from tests.fuzz.targets import run_cli, tiny_weights, write_coco
+from tests.fuzz.targets import run_cli, write_coco
 from tests.support import encode, png_header_only
 
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    return tiny_weights(tmp_path_factory.mktemp("tiny") / "tiny.safetensors")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The tiny model on one thread: on a shared machine more only wait for each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def _photos(folder: Path, names: str = "abcde") -> list[Path]:

@@ -18,25 +18,14 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from tests.fuzz.mutations import make_case, seeds
-from tests.fuzz.targets import load_outcome, orientations, run_cli, tiny_weights, write_coco
+from tests.fuzz.targets import load_outcome, orientations, run_cli, write_coco
 
 CASES = [make_case(0, index) for index in range(400)]
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    return tiny_weights(tmp_path_factory.mktemp("tiny") / "tiny.safetensors")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="module")
