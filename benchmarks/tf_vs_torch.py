@@ -23,7 +23,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +31,8 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from _timing import time_batches  # noqa: E402
 
 from detector.builtin import builtin_path  # noqa: E402
 from detector.convert.published import person_graph_path  # noqa: E402
@@ -129,16 +130,6 @@ def torch_variant(name: str, threshold: float):
     return lambda arrays: detector.detect_arrays(arrays, score_threshold=threshold)
 
 
-def measure(run, images: list[np.ndarray], batch_size: int, repeats: int) -> list[float]:
-    times = []
-    for r in range(repeats):
-        start = (r * batch_size) % (len(images) - batch_size + 1)
-        t0 = time.perf_counter()
-        run(images[start : start + batch_size])
-        times.append(time.perf_counter() - t0)
-    return times
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tf-python", default="/tmp/tfenv/bin/python", help="python of an env with tensorflow-cpu")
@@ -169,7 +160,7 @@ def main() -> None:
         for batch_size in (1, 8):
             results["tensorflow"][batch_size] += tf_worker.measure(batch_size, args.repeats)
             for name, run in variants.items():
-                results[name][batch_size] += measure(run, images, batch_size, args.repeats)
+                results[name][batch_size] += time_batches(run, images, batch_size, args.repeats)
     tf_worker.close()
 
     print(describe_cpu_line())

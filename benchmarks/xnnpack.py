@@ -67,6 +67,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _timing import time_batches  # noqa: E402
+
 from detector.anchors import anchors_for  # noqa: E402
 from detector.backends import accuracy  # noqa: E402
 from detector.backends.litert_backend import LiteRtBackend  # noqa: E402
@@ -432,7 +434,7 @@ def main() -> None:
             for batch in BATCHES:
                 for name in rows:
                     if name in local:
-                        times[name][batch] += measure(local[name], timing, batch, args.repeats)
+                        times[name][batch] += time_batches(local[name], timing, batch, args.repeats)
                     else:
                         times[name][batch] += workers[name].ask(
                             op="time", engine=name, batch=batch, repeats=args.repeats
@@ -473,16 +475,6 @@ def artifact_name(key: str, item: SideEngine, batch: int, calib_key: str) -> str
     suffix = f"-{calib_key}" if item.precision == "int8" else ""
     kind = {"tflite": "litert", "tf-graph": "tfgraph", "pte": "executorch"}[item.kind]
     return f"{key}-{kind}-{item.precision}-b{batch}{suffix}.{'pte' if item.kind == 'pte' else 'tflite'}"
-
-
-def measure(run: Callable[[np.ndarray], object], timing: np.ndarray, batch: int, repeats: int) -> list[float]:
-    times = []
-    for r in range(repeats):
-        start = (r * batch) % (len(timing) - batch + 1)
-        t0 = time.perf_counter()
-        run(timing[start : start + batch])
-        times.append(time.perf_counter() - t0)
-    return times
 
 
 if __name__ == "__main__":
