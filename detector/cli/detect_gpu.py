@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from detector.cli.detect_inputs import FrameBatch, Unit, VideoClosed, VideoOpened, read_units
+from detector.cli.detect_inputs import Unit, read_units
 from detector.cli.detect_outputs import Key, RecordWriter, image_record
 from detector.cli.detect_run import PREFETCH_BATCHES, Collected, DetectionLoop, Tally
 from detector.drawing import draw_detections
@@ -67,12 +67,7 @@ class GpuDetectionLoop(DetectionLoop):
             for event in read_units(
                 group, fps=self.args.fps, batch_size=self.args.batch_size, workers=1, prefetch=PREFETCH_BATCHES
             ):
-                if isinstance(event, VideoOpened):
-                    self._open_video(event)
-                elif isinstance(event, FrameBatch):
-                    self._frames(event)
-                elif isinstance(event, VideoClosed):
-                    self._close_video(event)
+                self._handle(event)
         return self.tally
 
     def _detect(self, arrays: Sequence[np.ndarray]) -> list[ImageDetections]:

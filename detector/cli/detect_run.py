@@ -26,6 +26,7 @@ from tqdm import tqdm
 from detector.cache import write_atomic
 from detector.cli.common import EXIT_FAILED, EXIT_OK, error, log
 from detector.cli.detect_inputs import (
+    Event,
     FrameBatch,
     ImageBatch,
     Source,
@@ -158,15 +159,18 @@ class DetectionLoop:
             prefetch=PREFETCH_BATCHES,
         )
         for event in events:
-            if isinstance(event, ImageBatch):
-                self._images(event)
-            elif isinstance(event, VideoOpened):
-                self._open_video(event)
-            elif isinstance(event, FrameBatch):
-                self._frames(event)
-            elif isinstance(event, VideoClosed):
-                self._close_video(event)
+            self._handle(event)
         return self.tally
+
+    def _handle(self, event: Event) -> None:
+        if isinstance(event, ImageBatch):
+            self._images(event)
+        elif isinstance(event, VideoOpened):
+            self._open_video(event)
+        elif isinstance(event, FrameBatch):
+            self._frames(event)
+        elif isinstance(event, VideoClosed):
+            self._close_video(event)
 
     def _detect(self, arrays: Sequence[np.ndarray]) -> list[ImageDetections]:
         return self.detector.detect_arrays(
