@@ -19,12 +19,10 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 
-import uvicorn
-
 import api.main
 from api.main import create_app
 from api.settings import Settings
-from tests.harness.live import free_port
+from tests.harness.live import free_port, serving_in_thread
 from tests.support import FakeDetector, encode, random_rgb
 
 PNG = encode(random_rgb(8, 6))
@@ -46,18 +44,8 @@ def call(url: str, body: bytes | None = None) -> tuple[int, dict]:
 @contextlib.contextmanager
 def serving(app) -> Iterator[str]:
     """``app`` under uvicorn on a free loopback port, from a thread; its URL once the socket is open."""
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_config=None))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{server.config.port}"
-    finally:
-        server.should_exit = True
-        thread.join(30)
+    with serving_in_thread(app) as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 def test_health_is_served_while_the_models_load(monkeypatch) -> None:

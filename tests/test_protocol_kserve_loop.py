@@ -16,7 +16,6 @@ import http.client
 import json
 import os
 import random
-import socket
 import statistics
 import string
 import struct
@@ -26,11 +25,11 @@ import zlib
 from collections.abc import Iterator
 
 import pytest
-import uvicorn
 
 from api import kserve
 from api.main import create_app
 from api.settings import Settings
+from tests.harness.live import serving_in_thread
 from tests.support import FakeDetector, encode, random_rgb
 
 LIMIT = 16 * 1024 * 1024
@@ -67,22 +66,8 @@ def sixteen_mib_json() -> bytes:
 @contextlib.contextmanager
 def serving(settings: Settings) -> Iterator[int]:
     """The app with a fake model under uvicorn on a free loopback port, in a thread; yields the port."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    app = create_app(settings, detector=FakeDetector())
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.01)
-    try:
+    with serving_in_thread(create_app(settings, detector=FakeDetector())) as port:
         yield port
-    finally:
-        server.should_exit = True
-        thread.join(30)
 
 
 def healthz_during(port: int, body: bytes, headers: dict[str, str]) -> tuple[int, list[float]]:

@@ -85,3 +85,25 @@ def running_service(env: dict[str, str] | None = None, timeout_s: float = 120.0)
                 process.kill()
                 process.wait()
         log_file.close()
+
+
+@contextlib.contextmanager
+def serving_in_thread(app: object) -> Iterator[int]:
+    """``app`` (an ASGI app) under uvicorn on a free loopback port, in a thread of this process; yields the port once
+    the socket is open, and stops the server on leaving."""
+    import threading
+
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_config=None, access_log=False))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.01)
+    try:
+        yield server.config.port
+    finally:
+        server.should_exit = True
+        thread.join(30)
