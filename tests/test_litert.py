@@ -93,8 +93,6 @@ def test_the_cached_export_serves_without_torch(person_detector, cache, tmp_path
     env = {"PYTHONPATH": str(shim), "DETECTOR_CACHE_DIR": str(cache), "PATH": "/usr/bin:/bin"}
     done = subprocess.run([sys.executable, "-c", script, str(out)], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    import numpy as np
-
     got = np.load(out)
     reference = person_detector.model_outputs(check_batch(300, 2))
     assert max_abs_diff(reference, (got[..., :4], got[..., 4:])) <= RAW_TOLERANCE
